@@ -1,0 +1,131 @@
+"""Sync and asyncio clients: thin wrappers that keep callers off raw stubs."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Sequence
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from slatewise_client.pb import slate_pb2 as pb
+from slatewise_client.pb import slate_pb2_grpc as pb_grpc
+from slatewise_client.requests import build_request
+
+# Round-robin matters for `dns:///` targets that resolve to every pod of a
+# headless Service: the default pick_first would pin all calls to one pod.
+DEFAULT_OPTIONS: Sequence[tuple[str, object]] = (
+    ("grpc.lb_policy_name", "round_robin"),
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+    ("grpc.max_send_message_length", 16 * 1024 * 1024),
+)
+
+
+def _credentials_metadata(token: str | None) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {token}")] if token else []
+
+
+class SlateClient:
+    """Blocking client. Use as a context manager or call close()."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
+        options: Sequence[tuple[str, object]] = DEFAULT_OPTIONS,
+    ) -> None:
+        self.channel = (
+            grpc.secure_channel(target, credentials, options=options)
+            if credentials
+            else grpc.insecure_channel(target, options=options)
+        )
+        self._metadata = _credentials_metadata(token)
+        self.slates = pb_grpc.SlateServiceStub(self.channel)
+        self.catalogue = pb_grpc.CatalogueServiceStub(self.channel)
+        self.health_stub = health_pb2_grpc.HealthStub(self.channel)
+
+    def recommend(self, query: str = "", k: int = 10, *, deadline: float | None = None,
+                  request: pb.RecommendRequest | None = None, **kwargs) -> pb.Slate:
+        req = request if request is not None else build_request(query, k, **kwargs)
+        return self.slates.Recommend(req, timeout=deadline, metadata=self._metadata)
+
+    def recommend_stream(self, query: str = "", k: int = 10, *, deadline: float | None = None,
+                         request: pb.RecommendRequest | None = None, **kwargs) -> Iterator[pb.SlateEvent]:
+        req = request if request is not None else build_request(query, k, **kwargs)
+        yield from self.slates.RecommendStream(req, timeout=deadline, metadata=self._metadata)
+
+    def catalogue_info(self, deadline: float | None = None) -> pb.CatalogueInfo:
+        return self.catalogue.GetCatalogueInfo(
+            pb.GetCatalogueInfoRequest(), timeout=deadline, metadata=self._metadata
+        )
+
+    def health(self, service: str = "", deadline: float | None = 5.0) -> str:
+        resp = self.health_stub.Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=deadline
+        )
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> SlateClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class AsyncSlateClient:
+    """asyncio client on grpc.aio. Use as an async context manager."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        token: str | None = None,
+        options: Sequence[tuple[str, object]] = DEFAULT_OPTIONS,
+    ) -> None:
+        self.channel = (
+            grpc.aio.secure_channel(target, credentials, options=options)
+            if credentials
+            else grpc.aio.insecure_channel(target, options=options)
+        )
+        self._metadata = _credentials_metadata(token)
+        self.slates = pb_grpc.SlateServiceStub(self.channel)
+        self.catalogue = pb_grpc.CatalogueServiceStub(self.channel)
+        self.health_stub = health_pb2_grpc.HealthStub(self.channel)
+
+    async def recommend(self, query: str = "", k: int = 10, *, deadline: float | None = None,
+                        request: pb.RecommendRequest | None = None, **kwargs) -> pb.Slate:
+        req = request if request is not None else build_request(query, k, **kwargs)
+        return await self.slates.Recommend(req, timeout=deadline, metadata=self._metadata)
+
+    async def recommend_stream(self, query: str = "", k: int = 10, *, deadline: float | None = None,
+                               request: pb.RecommendRequest | None = None,
+                               **kwargs) -> AsyncIterator[pb.SlateEvent]:
+        req = request if request is not None else build_request(query, k, **kwargs)
+        call = self.slates.RecommendStream(req, timeout=deadline, metadata=self._metadata)
+        async for event in call:
+            yield event
+
+    async def catalogue_info(self, deadline: float | None = None) -> pb.CatalogueInfo:
+        return await self.catalogue.GetCatalogueInfo(
+            pb.GetCatalogueInfoRequest(), timeout=deadline, metadata=self._metadata
+        )
+
+    async def health(self, service: str = "", deadline: float | None = 5.0) -> str:
+        resp = await self.health_stub.Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=deadline
+        )
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self) -> AsyncSlateClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()

@@ -1,0 +1,84 @@
+"""slatewise.v1.SlateService: Recommend and RecommendStream."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import grpc
+
+from slatewise.api import convert
+from slatewise.config import Settings
+from slatewise.domain import Decision
+from slatewise.errors import InvalidRequest, abort_invalid
+from slatewise.metrics import Metrics
+from slatewise.proto import pb, pb_grpc
+from slatewise.recommender import Recommender, SlateOutcome
+from slatewise.validation import validate
+
+log = logging.getLogger("slatewise.requests")
+
+
+class SlateService(pb_grpc.SlateServiceServicer):
+    def __init__(self, settings: Settings, recommender: Recommender, metrics: Metrics) -> None:
+        self.settings = settings
+        self.recommender = recommender
+        self.metrics = metrics
+
+    def _deadline(self, context: grpc.aio.ServicerContext, arrived: float) -> float | None:
+        remaining = context.time_remaining()
+        return arrived + remaining if remaining is not None else None
+
+    async def _events(self, request: pb.RecommendRequest, context, method: str):
+        """Shared body: validate, run, count. Yields (item or slate) protos."""
+        arrived = time.monotonic()
+        self.metrics.inflight.inc()
+        strategy, code = "none", grpc.StatusCode.OK
+        try:
+            try:
+                req = validate(request, self.recommender.store.snapshot, self.settings)
+                position = 0
+                async for event in self.recommender.run(req, arrived, self._deadline(context, arrived)):
+                    if isinstance(event, Decision):
+                        yield "item", event, position
+                        position += 1
+                    else:
+                        strategy = event.strategy.value
+                        self._log(req.request_id, method, event)
+                        yield "slate", event, req.request_id
+            except InvalidRequest as exc:
+                code = grpc.StatusCode.INVALID_ARGUMENT
+                await abort_invalid(context, exc)
+        except Exception:
+            if code is grpc.StatusCode.OK:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                if code is grpc.StatusCode.OK:
+                    code = grpc.StatusCode.UNKNOWN
+            raise
+        finally:
+            self.metrics.inflight.dec()
+            self.metrics.requests.labels(method, strategy, code.name).inc()
+
+    def _log(self, request_id: str, method: str, outcome: SlateOutcome) -> None:
+        log.info(
+            "slate served",
+            extra={
+                "request_id": request_id, "method": method, "strategy": outcome.strategy.value,
+                "reason": outcome.reason.value, "latency_s": round(outcome.total, 4),
+                "k": len(outcome.decisions),
+            },
+        )
+
+    async def Recommend(self, request, context):
+        async for kind, event, extra in self._events(request, context, "Recommend"):
+            if kind == "slate":
+                return convert.slate(event, extra)
+        raise AssertionError("the recommender always ends with an outcome")  # pragma: no cover
+
+    async def RecommendStream(self, request, context):
+        async for kind, event, extra in self._events(request, context, "RecommendStream"):
+            if kind == "item":
+                # The candidate set is known once the first decision exists.
+                yield pb.SlateEvent(item=convert.slate_item(event, extra))
+            else:
+                yield pb.SlateEvent(slate=convert.slate(event, extra))

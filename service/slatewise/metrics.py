@@ -1,0 +1,105 @@
+"""Prometheus metrics of one server instance, plus vLLM's own on one endpoint.
+
+Our metrics live in a registry owned by the server object (no module-level
+globals, so tests can run several servers in one process); vLLM registers its
+``vllm:*`` metrics in prometheus_client's default registry, and the /metrics
+endpoint serves both.
+"""
+
+from __future__ import annotations
+
+import threading
+from http.server import ThreadingHTTPServer
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+)
+from prometheus_client.exposition import MetricsHandler
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0,
+                   1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
+UNIT_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
+TOKEN_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128)
+CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "slatewise_requests", "Finished RPCs by method, strategy used and gRPC status code.",
+            ["method", "strategy", "code"], registry=r)
+        self.latency = Histogram(
+            "slatewise_request_duration_seconds", "Time from request arrival to complete slate.",
+            ["strategy"], buckets=LATENCY_BUCKETS, registry=r)
+        self.time_to_first_item = Histogram(
+            "slatewise_time_to_first_item_seconds", "Time from request arrival to the first decided item.",
+            ["strategy"], buckets=LATENCY_BUCKETS, registry=r)
+        self.fallbacks = Counter(
+            "slatewise_fallbacks", "Slates not (entirely) written by the model, by reason.",
+            ["reason"], registry=r)
+        self.intra_list_diversity = Histogram(
+            "slatewise_slate_intra_list_diversity", "Mean pairwise embedding distance within a slate.",
+            ["strategy"], buckets=UNIT_BUCKETS, registry=r)
+        self.category_coverage = Histogram(
+            "slatewise_slate_category_coverage", "Distinct categories in a slate over the most it could cover.",
+            ["strategy"], buckets=UNIT_BUCKETS, registry=r)
+        self.redundancy = Histogram(
+            "slatewise_slate_redundancy", "Share of a slate taken by its most common category.",
+            ["strategy"], buckets=UNIT_BUCKETS, registry=r)
+        self.model_tokens = Histogram(
+            "slatewise_model_generated_tokens", "Tokens the model generated per slate.",
+            buckets=TOKEN_BUCKETS, registry=r)
+        self.inflight = Gauge(
+            "slatewise_inflight_requests", "Slate requests being served now.", registry=r)
+        self.engine_ready = Gauge(
+            "slatewise_engine_ready", "1 when the model engine accepts requests, else 0.", registry=r)
+        self.circuit_state = Gauge(
+            "slatewise_circuit_state", "Model circuit breaker: 0 closed, 1 half-open, 2 open.", registry=r)
+        self.catalogue_items = Gauge(
+            "slatewise_catalogue_items", "Items in the served catalogue.", registry=r)
+        self.catalogue_version = Gauge(
+            "slatewise_catalogue_version", "Version of the served catalogue.", registry=r)
+        self.catalogue_info = Info(
+            "slatewise_catalogue", "Served catalogue (source and version).", registry=r)
+
+    def observe_slate(self, strategy: str, diversity, total: float, first_item: float | None) -> None:
+        self.latency.labels(strategy).observe(total)
+        if first_item is not None:
+            self.time_to_first_item.labels(strategy).observe(first_item)
+        self.intra_list_diversity.labels(strategy).observe(diversity.intra_list_diversity)
+        self.category_coverage.labels(strategy).observe(diversity.category_coverage)
+        self.redundancy.labels(strategy).observe(diversity.redundancy)
+
+    def set_catalogue(self, size: int, version: int, source: str) -> None:
+        self.catalogue_items.set(size)
+        self.catalogue_version.set(version)
+        self.catalogue_info.info({"source": source, "version": str(version)})
+
+
+class _Both:
+    """A collector that yields our metrics, then whatever is in the default registry."""
+
+    def __init__(self, ours: CollectorRegistry) -> None:
+        self.ours = ours
+
+    def collect(self):
+        yield from self.ours.collect()
+        yield from REGISTRY.collect()
+
+
+def start_metrics_server(metrics: Metrics, host: str, port: int) -> tuple[ThreadingHTTPServer, int]:
+    """Serve /metrics on a daemon thread; returns the server and its bound port."""
+    combined = CollectorRegistry(auto_describe=False)
+    combined.register(_Both(metrics.registry))
+    handler = MetricsHandler.factory(combined)
+    httpd = ThreadingHTTPServer((host, port), handler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True)
+    thread.start()
+    return httpd, httpd.server_address[1]

@@ -1,0 +1,1 @@
+"""The model path: vLLM engine host, prompt building, slate composition."""

@@ -1,0 +1,143 @@
+"""Compose a slate with the model: context, prompt, slate spec, token stream.
+
+The model sees a shared catalogue context (the whole catalogue when it is
+small, else the request's candidates) and may only emit handles of the
+request's allowed candidates, under the automaton's constraints. Relevance
+(pointwise scores as a z-scored logit prior) and diversity pressure (a
+penalty by max similarity to items already chosen, scaled by the request's
+diversity) are applied inside the engine at every step.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from slatewise.candidates import CandidateSet
+from slatewise.config import Settings
+from slatewise.decoding.automaton import SlateSpec, is_feasible
+from slatewise.domain import Candidate
+from slatewise.model.engine import Engine
+from slatewise.model.handles import HandleSet, single_token_handles
+from slatewise.model.prompt import ModelContext, PromptBuilder
+
+PRIOR_CLIP = 3.0
+_request_ids = itertools.count()
+
+
+class ContextTooLong(RuntimeError):
+    """The candidate context cannot be shown to the model within its window."""
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """Everything needed to run one request through the engine."""
+
+    prompt_tokens: list[int]
+    spec: SlateSpec
+    token_to_candidate: dict[int, int]
+    context: ModelContext
+    allowed: list[int]  # candidate-set indices the model may choose
+
+
+class SlateComposer:
+    def __init__(self, engine: Engine, settings: Settings) -> None:
+        self.engine = engine
+        self.settings = settings
+        self._prompts: PromptBuilder | None = None
+        self.handles: HandleSet | None = None
+
+    def attach_tokenizer(self, tokenizer) -> None:
+        self.handles = single_token_handles(tokenizer)
+        if not self.handles:
+            raise RuntimeError("the tokenizer has no single-token two-letter handles")
+        self._prompts = PromptBuilder(tokenizer, self.handles)
+
+    @property
+    def prompts(self) -> PromptBuilder:
+        if self._prompts is None:
+            raise RuntimeError("composer has no tokenizer yet")
+        return self._prompts
+
+    # ---- planning (CPU, no engine) -----------------------------------------
+    def _context(self, cset: CandidateSet) -> ModelContext:
+        snap = cset.snapshot
+        all_in_catalogue = all(c.catalogue_index is not None for c in cset.candidates)
+        if all_in_catalogue and len(snap) <= min(self.settings.full_catalogue_context_max_items,
+                                                 len(self.prompts.handles)):
+            # Every request shares this context: one prefix, cached once per version.
+            key = ("catalogue", id(snap), snap.version)
+            items = [Candidate(it.id, it.title, it.category, it.attributes, None, i)
+                     for i, it in enumerate(snap.items)]
+            return self.prompts.context(items, cache_key=key)
+        key = None
+        if all_in_catalogue:
+            key = ("candidates", id(snap), snap.version, tuple(sorted(c.id for c in cset.candidates)))
+        return self.prompts.context(list(cset.candidates), cache_key=key)
+
+    def _shrunk(self, cset: CandidateSet) -> list[int]:
+        """Candidate indices shown to the model: all, or the best that fit the handles."""
+        limit = len(self.prompts.handles)
+        if len(cset) <= limit:
+            return list(range(len(cset)))
+        keep = sorted(np.argsort(-cset.scores, kind="stable")[:limit].tolist())
+        cats = cset.category_index[keep].tolist()
+        if not is_feasible(cset.request.k, cats, list(cset.caps)):
+            raise ContextTooLong(f"{len(cset)} candidates exceed {limit} handles")
+        return keep
+
+    def plan(self, cset: CandidateSet) -> ModelPlan:
+        request = cset.request
+        allowed = self._shrunk(cset)
+        if len(allowed) < len(cset):
+            sub = [cset.candidates[i] for i in allowed]
+            ctx = self.prompts.context(sub)
+        else:
+            ctx = self._context(cset)
+        history = [cset.snapshot.items[cset.snapshot.index[h]].title
+                   for h in request.history_ids if h in cset.snapshot.index]
+        tokens = self.prompts.prompt_tokens(ctx, request, history)
+        if len(tokens) + request.k + 1 > self.settings.max_model_len:
+            raise ContextTooLong(
+                f"prompt of {len(tokens)} tokens does not fit max_model_len {self.settings.max_model_len}"
+            )
+        handle_tokens = [ctx.handle_token[cset.candidates[i].id] for i in allowed]
+        weight = request.relevance_prior if request.relevance_prior is not None else self.settings.relevance_prior
+        prior: list[float] = []
+        if weight > 0:
+            s = cset.scores[allowed].astype(np.float64)
+            z = (s - s.mean()) / (s.std() + 1e-6) if len(s) > 1 else np.zeros_like(s)
+            prior = np.round(weight * np.clip(z, -PRIOR_CLIP, PRIOR_CLIP), 4).tolist()
+        penalty = request.diversity * self.settings.diversity_penalty
+        similarity: list[float] = []
+        if penalty > 0:
+            e = cset.embeddings[allowed]
+            similarity = np.round(np.clip(e @ e.T, 0.0, 1.0), 4).ravel().tolist()
+        spec = SlateSpec(
+            k=request.k,
+            eos_token_id=self.engine.tokenizer.eos_token_id,
+            handle_tokens=handle_tokens,
+            categories=cset.category_index[allowed].tolist(),
+            category_caps=list(cset.caps),
+            prior=prior,
+            similarity=similarity,
+            diversity_penalty=penalty if similarity else 0.0,
+        )
+        return ModelPlan(tokens, spec, {t: i for t, i in zip(handle_tokens, allowed)}, ctx, allowed)
+
+    # ---- running -----------------------------------------------------------
+    async def compose(self, plan: ModelPlan, *, request_id: str, temperature: float,
+                      seed: int | None, allow_warming: bool = False) -> AsyncIterator[int]:
+        """Yield candidate-set indices in slate order as the engine commits them."""
+        eos = plan.spec.eos_token_id
+        engine_id = f"{request_id}-{next(_request_ids)}"
+        async for token in self.engine.stream(
+            plan.prompt_tokens, plan.spec, request_id=engine_id,
+            temperature=temperature, seed=seed, allow_warming=allow_warming,
+        ):
+            if token == eos:
+                return
+            yield plan.token_to_candidate[token]

@@ -1,0 +1,1 @@
+"""The pointwise path: score each candidate alone, then pick a constrained, diversified top-K."""

@@ -1,0 +1,142 @@
+"""Process wiring: catalogue, engine, gRPC services, health, reflection, metrics.
+
+Health follows KServe's split between liveness and readiness:
+``liveness`` is SERVING as soon as gRPC answers; ``""`` and
+``slatewise.v1.SlateService`` become SERVING once start-up is complete (the
+engine warmed up, or failed and left the pointwise path to serve);
+``slatewise.v1.Model`` is SERVING only while the model path is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from slatewise.api.catalogue_service import CatalogueService
+from slatewise.api.slate_service import SlateService
+from slatewise.catalogue.loader import embedded_catalogue_path, load_jsonl
+from slatewise.catalogue.store import CatalogueStore
+from slatewise.config import Settings
+from slatewise.embeddings import Embedder
+from slatewise.metrics import Metrics, start_metrics_server
+from slatewise.model.composer import SlateComposer
+from slatewise.model.engine import Engine, EngineState
+from slatewise.proto import pb, pb_grpc
+from slatewise.recommender import Recommender
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = {
+    "overall": "",
+    "slates": pb.DESCRIPTOR.services_by_name["SlateService"].full_name,
+    "catalogue": pb.DESCRIPTOR.services_by_name["CatalogueService"].full_name,
+    "model": "slatewise.v1.Model",
+    "liveness": "liveness",
+}
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+class SlatewiseServer:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.health = health.aio.HealthServicer()
+        self.engine = Engine(settings)
+        self.composer = SlateComposer(self.engine, settings)
+        self.grpc_port: int | None = None
+        self.metrics_port: int | None = None
+        self._server: grpc.aio.Server | None = None
+        self._metrics_http = None
+        self._engine_task: asyncio.Task | None = None
+        self.recommender: Recommender | None = None
+
+    async def _set_health(self, names, status) -> None:
+        for name in names:
+            await self.health.set(SERVICE_NAMES[name], status)
+
+    def _catalogue_source(self) -> Path:
+        return self.settings.catalogue_path or embedded_catalogue_path()
+
+    async def start(self) -> None:
+        s = self.settings
+        source = self._catalogue_source()
+        # Fail fast (and name the line) before binding any port.
+        items = await asyncio.to_thread(load_jsonl, source)
+        embedder = await asyncio.to_thread(Embedder, s.embedding_model, s.embedding_cache_dir)
+        store = await asyncio.to_thread(CatalogueStore, items, embedder)
+        self.metrics.set_catalogue(len(store.snapshot), store.snapshot.version, str(source))
+        self.recommender = Recommender(s, store, embedder, self.engine, self.composer, self.metrics)
+
+        options = [
+            ("grpc.max_receive_message_length", s.max_message_bytes),
+            ("grpc.max_send_message_length", s.max_message_bytes),
+            ("grpc.so_reuseport", 0),
+        ]
+        server = grpc.aio.server(options=options)
+        pb_grpc.add_SlateServiceServicer_to_server(SlateService(s, self.recommender, self.metrics), server)
+        pb_grpc.add_CatalogueServiceServicer_to_server(
+            CatalogueService(s, store, self.metrics, str(source)), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            [*SERVICE_NAMES.values()][1:3] + [health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+        await self._set_health(["overall", "slates", "catalogue", "model"], NOT_SERVING)
+        self.grpc_port = server.add_insecure_port(f"{s.host}:{s.grpc_port}")
+        if self.grpc_port == 0:
+            raise RuntimeError(f"cannot bind gRPC on {s.host}:{s.grpc_port}")
+        self._metrics_http, self.metrics_port = start_metrics_server(self.metrics, s.metrics_host, s.metrics_port)
+        await server.start()
+        self._server = server
+        await self._set_health(["liveness", "catalogue"], SERVING)
+        log.info("gRPC on %s:%d, metrics on %s:%d", s.host, self.grpc_port, s.metrics_host, self.metrics_port)
+        self.engine.on_state_change(self._on_engine_state)
+        if s.model_enabled:
+            self._engine_task = asyncio.create_task(self._start_engine())
+        else:
+            await self._set_health(["overall", "slates"], SERVING)
+
+    def _on_engine_state(self, state: EngineState) -> None:
+        self.metrics.engine_ready.set(1 if state is EngineState.READY else 0)
+        status = SERVING if state is EngineState.READY else NOT_SERVING
+        asyncio.get_running_loop().create_task(self._set_health(["model"], status))
+
+    async def _start_engine(self) -> None:
+        assert self.recommender is not None
+        ok = await self.engine.start(warmup=self.recommender.warmup)
+        if not ok:
+            log.error("model path unavailable, serving pointwise: %s", self.engine.last_error)
+        # Ready either way: the pointwise path answers whenever the model cannot.
+        await self._set_health(["overall", "slates"], SERVING)
+
+    async def stop(self, grace: float | None = None) -> None:
+        await self._set_health(["overall", "slates", "catalogue", "model"], NOT_SERVING)
+        if self._server is not None:
+            await self._server.stop(grace if grace is not None else self.settings.shutdown_grace_seconds)
+        if self._engine_task is not None and not self._engine_task.done():
+            self._engine_task.cancel()
+        await self.engine.shutdown()
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+            self._metrics_http.server_close()
+
+    async def wait(self) -> None:
+        assert self._server is not None
+        await self._server.wait_for_termination()
+
+
+async def serve(settings: Settings) -> None:
+    server = SlatewiseServer(settings)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: draining for up to %.0fs", settings.shutdown_grace_seconds)
+    await server.stop()
