@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     max_model_len: int = Field(8192, ge=256, description="Context window given to vLLM.")
     enforce_eager: bool = Field(True, description="Skip graph capture/compilation (faster start, CPU default).")
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1, description="Share of device memory (RAM on CPU) vLLM may use; unset = use kv_cache_memory_bytes.")
-    kv_cache_memory_bytes: int | None = Field(2 * 1024**3, ge=0, description="KV-cache size in bytes (wins over gpu_memory_utilization when set).")
+    kv_cache_memory_bytes: int | None = Field(2 * 1024**3, ge=0, description="KV-cache size in bytes, used unless gpu_memory_utilization is set.")
     max_num_seqs: int = Field(64, ge=1, description="Most sequences vLLM batches at once.")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs one model spans (tensor parallel).")
     pipeline_parallel_size: int = Field(1, ge=1, description="Pipeline stages (across GPUs or nodes).")
@@ -68,6 +68,7 @@ class Settings(BaseSettings):
     model_runner: Literal["auto", "v1", "v2"] = Field("auto", description="vLLM model runner; 'auto' asks vLLM (V1 on CPU, V2 on GPUs).")
     warmup: bool = Field(True, description="Run one slate through the engine before reporting SERVING.")
     full_catalogue_context_max_items: int = Field(300, ge=0, description="Catalogues this small are shown whole to the model (shared prefix for every request).")
+    prefix_align_tokens: int = Field(128, ge=1, description="Pad the shared prompt prefix to a multiple of this many tokens (vLLM's KV block size: 128 on CPU) so it is cached whole.")
     relevance_prior: float = Field(2.0, ge=0, description="Default weight of the pointwise score as a logit bias while decoding (per request overridable).")
     diversity_penalty: float = Field(8.0, ge=0, description="Logits subtracted at diversity=1 per unit of max-similarity to chosen items.")
 

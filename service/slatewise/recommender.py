@@ -147,6 +147,8 @@ class Recommender:
         first caller does not pay for it.
         """
         self.composer.attach_tokenizer(self.engine.tokenizer)
+        if not self.settings.warmup:
+            return
         snap = self.store.snapshot
         request = SlateRequest(request_id="warmup", query="a casual outfit",
                                k=min(3, len(snap)), candidates=None)

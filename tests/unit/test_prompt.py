@@ -74,3 +74,9 @@ def test_item_text_cannot_forge_catalogue_lines(builder, tokenizer):
     text = tokenizer.decode(list(ctx.prefix_tokens))
     item_lines = [line for line in text.splitlines() if line.startswith("*")]
     assert len(item_lines) == 6
+
+
+def test_shared_prefix_ends_on_a_kv_block_edge(builder):
+    for n in (5, 50, 180):
+        ctx = builder.context(_items(n))
+        assert len(ctx.prefix_tokens) % 128 == 0

@@ -54,7 +54,8 @@ class SlateComposer:
         self.handles = single_token_handles(tokenizer)
         if not self.handles:
             raise RuntimeError("the tokenizer has no single-token two-letter handles")
-        self._prompts = PromptBuilder(tokenizer, self.handles)
+        self._prompts = PromptBuilder(tokenizer, self.handles,
+                                      align_tokens=self.settings.prefix_align_tokens)
 
     @property
     def prompts(self) -> PromptBuilder:

@@ -33,6 +33,7 @@ INSTRUCTIONS = (
     "most important first, each item at most once.\n\nCatalogue:\n"
 )
 _USER_MARK = "\x00SLATEWISE_USER\x00"
+_SYSTEM_END = "\x00SLATEWISE_SYSTEM_END\x00"
 KEY_ATTRIBUTES = ("style", "colour", "color", "price")
 
 
@@ -67,9 +68,16 @@ class ModelContext:
 
 
 class PromptBuilder:
-    def __init__(self, tokenizer, handles: HandleSet, cache_size: int = 256) -> None:
+    def __init__(self, tokenizer, handles: HandleSet, cache_size: int = 256,
+                 align_tokens: int = 128) -> None:
         self.tokenizer = tokenizer
         self.handles = handles
+        # vLLM caches whole KV blocks only (128 tokens on CPU): a shared prefix
+        # padded to a block multiple is reused entirely, instead of leaving up
+        # to 127 shared tokens to be recomputed by every request.
+        self.align_tokens = align_tokens
+        pad = tokenizer.encode("\n", add_special_tokens=False)
+        self._pad_token = pad[0] if len(pad) == 1 else None
         self._cache: OrderedDict[tuple, ModelContext] = OrderedDict()
         self._cache_size = cache_size
 
@@ -89,17 +97,18 @@ class PromptBuilder:
             lines.append(item_line(self.handles.texts[h], cand.title, cand.category, cand.attributes))
             handle_token[cand.id] = self.handles.tokens[h]
             position[cand.id] = pos
-        system = INSTRUCTIONS + "\n".join(lines)
+        system = INSTRUCTIONS + "\n".join(lines) + _SYSTEM_END
         text = self.tokenizer.apply_chat_template(
             [{"role": "system", "content": system}, {"role": "user", "content": _USER_MARK}],
             tokenize=False, add_generation_prompt=True,
         )
         prefix_text, suffix_text = text.split(_USER_MARK)
+        system_text, turn_text = prefix_text.split(_SYSTEM_END)
         ctx = ModelContext(
             ids=tuple(c.id for c in ordered),
             handle_token=handle_token,
             position=position,
-            prefix_tokens=tuple(self.tokenizer.encode(prefix_text, add_special_tokens=False)),
+            prefix_tokens=self._aligned(self._encode(system_text), self._encode(turn_text)),
             suffix_text=suffix_text,
         )
         if cache_key is not None:
@@ -107,6 +116,16 @@ class PromptBuilder:
             if len(self._cache) > self._cache_size:
                 self._cache.popitem(last=False)
         return ctx
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def _aligned(self, system: list[int], turn: list[int]) -> tuple[int, ...]:
+        """Pad the end of the system text with newlines so that the shared
+        prefix (system turn + the start of the user turn) ends on a block edge."""
+        total = len(system) + len(turn)
+        missing = -total % self.align_tokens if self.align_tokens > 1 and self._pad_token is not None else 0
+        return tuple(system + [self._pad_token] * missing + turn)
 
     def request_text(self, request: SlateRequest, history_titles: Sequence[str]) -> str:
         lines = [f"Request: {' '.join(request.query.split()) or 'anything suitable'}"]

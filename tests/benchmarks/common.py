@@ -1,0 +1,33 @@
+"""Helpers shared by the benchmark scripts (not collected by pytest)."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tests"))
+
+from conftest import start_server, stop_server  # noqa: E402,F401  (reused: real servers on loopback)
+
+
+def pct(values, q: float) -> float:
+    values = sorted(values)
+    if not values:
+        return float("nan")
+    idx = min(len(values) - 1, max(0, round(q / 100 * (len(values) - 1))))
+    return values[idx]
+
+
+def median(values) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    def fmt(v):
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
