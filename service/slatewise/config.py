@@ -31,7 +31,25 @@ class Settings(BaseSettings):
     metrics_host: str = Field("0.0.0.0", description="Address of the Prometheus HTTP endpoint.")
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics port (0 = pick a free one).")
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest gRPC message accepted or sent.")
+    max_connection_age_seconds: float = Field(300.0, gt=0, description="Connections are closed (gracefully) after this long, so dns:/// clients discover new pods.")
     shutdown_grace_seconds: float = Field(10.0, ge=0, description="Time in-flight calls get to finish on SIGTERM.")
+
+    # --- security -------------------------------------------------------------
+    tls_cert_file: Path | None = Field(None, description="PEM server certificate; with tls_key_file enables TLS.")
+    tls_key_file: Path | None = Field(None, description="PEM private key of tls_cert_file.")
+    tls_client_ca_file: Path | None = Field(None, description="PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS).")
+    auth_tokens_file: Path | None = Field(None, description="File with one accepted bearer token per line; when set, calls without one get UNAUTHENTICATED (health is exempt).")
+
+    # --- resilience -----------------------------------------------------------
+    max_request_seconds: float = Field(30.0, gt=0, description="Longest a request may take; caps the caller's deadline.")
+    deadline_margin_seconds: float = Field(0.015, ge=0, description="Budget kept back from the deadline to finish the slate from the pointwise scorer.")
+    max_inflight_requests: int = Field(512, ge=1, description="Slate requests in flight before new ones get RESOURCE_EXHAUSTED.")
+    max_model_inflight: int = Field(64, ge=1, description="Requests on the model path at once; beyond it the request's overload policy applies.")
+    circuit_failure_threshold: int = Field(5, ge=1, description="Consecutive model failures that open the circuit breaker.")
+    circuit_cooldown_seconds: float = Field(10.0, gt=0, description="How long an open circuit skips the model before probing it.")
+    engine_health_interval_seconds: float = Field(2.0, gt=0, description="How often the engine's health is checked.")
+    engine_restart: bool = Field(True, description="Rebuild a dead engine in-process (the pointwise path serves meanwhile).")
+    max_request_bytes: int = Field(1024 * 1024, ge=1024, description="Largest serialized RecommendRequest accepted (a BadRequest violation beyond).")
 
     # --- catalogue and embeddings -------------------------------------------
     catalogue_path: Path | None = Field(None, description="JSONL catalogue; empty = the embedded apparel catalogue.")
@@ -74,9 +92,17 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tls_cert_file and tls_key_file go together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("tls_client_ca_file needs tls_cert_file and tls_key_file")
         if self.full_catalogue_context_max_items > 375:
             raise ValueError("full_catalogue_context_max_items exceeds the single-token handles available (375)")
         return self
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_cert_file is not None
 
     @property
     def model_enabled(self) -> bool:

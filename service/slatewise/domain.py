@@ -61,6 +61,7 @@ class SlateRequest:
     temperature: float = 0.0
     seed: int | None = None
     relevance_prior: float | None = None
+    reject_on_overload: bool = False
 
     def cap(self, category: str) -> int:
         """0 = unlimited."""

@@ -35,11 +35,12 @@ def text_key(text: str) -> str:
 class Embedder:
     def __init__(self, model: str = EMBEDDED, cache_dir: Path | None = None,
                  query_cache_size: int = 4096) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         from sentence_transformers import SentenceTransformer
 
         self.model_path = _resolve(model)
-        self._model = SentenceTransformer(self.model_path, device="cpu")
+        # A local model must not reach for a hub (there is none here).
+        local = Path(self.model_path).exists()
+        self._model = SentenceTransformer(self.model_path, device="cpu", local_files_only=local)
         self.dim = int(self._model.get_embedding_dimension()
                        if hasattr(self._model, "get_embedding_dimension")
                        else self._model.get_sentence_embedding_dimension())

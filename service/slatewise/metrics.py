@@ -59,6 +59,12 @@ class Metrics:
             "slatewise_inflight_requests", "Slate requests being served now.", registry=r)
         self.engine_ready = Gauge(
             "slatewise_engine_ready", "1 when the model engine accepts requests, else 0.", registry=r)
+        self.engine_unfinished = Gauge(
+            "slatewise_engine_unfinished_requests", "Requests the engine holds that have not finished.", registry=r)
+        self.engine_restarts = Counter(
+            "slatewise_engine_restarts", "Times a dead engine was rebuilt in-process.", registry=r)
+        self.engine_recovery_seconds = Gauge(
+            "slatewise_engine_recovery_seconds", "Duration of the last engine rebuild (start-up and warm-up).", registry=r)
         self.circuit_state = Gauge(
             "slatewise_circuit_state", "Model circuit breaker: 0 closed, 1 half-open, 2 open.", registry=r)
         self.catalogue_items = Gauge(

@@ -19,10 +19,12 @@ from slatewise.catalogue.store import CatalogueStore
 from slatewise.config import Settings
 from slatewise.domain import Decision, FallbackReason, SlateRequest, Source, Strategy
 from slatewise.embeddings import Embedder
-from slatewise.metrics import Metrics
+from slatewise.metrics import CIRCUIT_STATES, Metrics
 from slatewise.model.composer import ContextTooLong, SlateComposer
 from slatewise.model.engine import Engine, EngineRequestError, EngineState, EngineUnavailable
 from slatewise.pointwise.select import select
+from slatewise.resilience.admission import InflightLimit
+from slatewise.resilience.circuit import CircuitBreaker
 from slatewise.slate_metrics import SlateDiversity, slate_diversity
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,10 @@ class SlateOutcome:
     generated_tokens: int
 
 
+class Overloaded(RuntimeError):
+    """The caller asked to be told (RESOURCE_EXHAUSTED) rather than served pointwise."""
+
+
 class Recommender:
     def __init__(self, settings: Settings, store: CatalogueStore, embedder: Embedder,
                  engine: Engine, composer: SlateComposer, metrics: Metrics) -> None:
@@ -50,6 +56,11 @@ class Recommender:
         self.engine = engine
         self.composer = composer
         self.metrics = metrics
+        self.circuit = CircuitBreaker(
+            settings.circuit_failure_threshold, settings.circuit_cooldown_seconds,
+            on_change=lambda st: metrics.circuit_state.set(CIRCUIT_STATES[st.value]),
+        )
+        self.model_slots = InflightLimit(settings.max_model_inflight)
 
     async def candidates(self, request: SlateRequest) -> CandidateSet:
         return await asyncio.to_thread(
@@ -61,55 +72,129 @@ class Recommender:
             return FallbackReason.ENGINE_DEAD
         return FallbackReason.ENGINE_NOT_READY
 
+    def budget_end(self, arrived: float, deadline: float | None) -> float:
+        """When the model must stop: the caller's deadline (capped), minus the
+        margin the pointwise fill needs."""
+        end = arrived + self.settings.max_request_seconds
+        if deadline is not None:
+            end = min(end, deadline)
+        return end - self.settings.deadline_margin_seconds
+
+    def _gate(self, request: SlateRequest) -> FallbackReason:
+        """Whether the model may take this request; NONE means go ahead."""
+        if request.strategy is Strategy.POINTWISE or not self.settings.model_enabled:
+            return FallbackReason.NONE
+        if not self.engine.ready:
+            return self._model_unavailable_reason()
+        if not self.circuit.allow():
+            return FallbackReason.CIRCUIT_OPEN
+        if not self.model_slots.try_acquire():
+            self.circuit.record_neutral()
+            if request.reject_on_overload:
+                raise Overloaded(f"{self.model_slots.inflight} requests on the model path")
+            return FallbackReason.OVERLOAD
+        return FallbackReason.NONE
+
     async def run(self, request: SlateRequest, arrived: float,
                   deadline: float | None = None) -> AsyncIterator[Decision | SlateOutcome]:
         """Yield each Decision as it is made, then the SlateOutcome.
 
-        ``arrived`` and ``deadline`` are time.monotonic() values.
+        ``arrived`` and ``deadline`` are time.monotonic() values, the clock of
+        the event loop, so they serve directly as asyncio deadlines.
         """
+        budget_end = self.budget_end(arrived, deadline)
         cset = await self.candidates(request)
+        wants_model = request.strategy is not Strategy.POINTWISE and self.settings.model_enabled
+        reason = self._gate(request) if wants_model else FallbackReason.NONE
         decisions: list[Decision] = []
-        reason = FallbackReason.NONE
         tokens = 0
-        use_model = request.strategy is not Strategy.POINTWISE and self.settings.model_enabled
-        if use_model and not self.engine.ready:
-            reason = self._model_unavailable_reason()
-            use_model = False
-        if use_model:
+        if wants_model and reason is FallbackReason.NONE:
+            # Hedge: the pointwise slate is computed while the model decodes,
+            # so a fallback at the deadline costs nothing.
+            hedge = asyncio.create_task(asyncio.to_thread(self._pointwise, cset, request, ()))
+            queue: asyncio.Queue = asyncio.Queue()
+            producer = asyncio.create_task(self._produce(cset, request, arrived, budget_end, queue))
             try:
-                plan = self.composer.plan(cset)
-            except ContextTooLong as exc:
-                log.info("request %s: %s", request.request_id, exc)
-                reason, use_model = FallbackReason.CONTEXT_TOO_LONG, False
-        if use_model:
-            try:
-                # The loop's clock is time.monotonic(), like ``deadline``.
-                async with asyncio.timeout_at(deadline):
-                    async for index in self.composer.compose(
-                        plan, request_id=request.request_id,
-                        temperature=request.temperature, seed=request.seed,
-                    ):
-                        tokens += 1
-                        decision = _decide(cset, index, Source.MODEL, arrived)
+                while True:
+                    item = await queue.get()
+                    if isinstance(item, _ModelStopped):
+                        reason, tokens = item.reason, item.tokens
+                        break
+                    if item is None:
+                        tokens = len(decisions) + 1  # K handles + EOS
+                        break
+                    decisions.append(item)
+                    yield item
+                if not decisions:
+                    fallback = await hedge
+                    for index in fallback:
+                        decision = _decide(cset, index, Source.FALLBACK, arrived)
                         decisions.append(decision)
                         yield decision
-                tokens += 1  # EOS
-            except TimeoutError:
-                reason = FallbackReason.DEADLINE
-            except EngineUnavailable:
-                reason = self._model_unavailable_reason()
-            except EngineRequestError as exc:
-                log.warning("request %s: engine error: %s", request.request_id, exc)
-                reason = FallbackReason.ENGINE_DEAD if exc.dead else FallbackReason.ENGINE_ERROR
+            finally:
+                # A caller who cancels must not leave a request in the engine.
+                producer.cancel()
+                hedge.cancel()
         if len(decisions) < request.k:
             picked = [d.candidate for d in decisions]
-            fill = select(self.settings.diversify_method, cset.embeddings, cset.scores, request.k,
-                          request.diversity, cset.limits, selected=picked)
-            for index in fill[len(picked):]:
+            for index in self._pointwise(cset, request, picked)[len(picked):]:
                 decision = _decide(cset, index, Source.FALLBACK, arrived)
                 decisions.append(decision)
                 yield decision
         yield self._outcome(cset, decisions, request, reason, arrived, tokens)
+
+    def _pointwise(self, cset: CandidateSet, request: SlateRequest, picked) -> list[int]:
+        return select(self.settings.diversify_method, cset.embeddings, cset.scores, request.k,
+                      request.diversity, cset.limits, selected=list(picked))
+
+    async def _produce(self, cset: CandidateSet, request: SlateRequest, arrived: float,
+                       budget_end: float, queue: asyncio.Queue) -> None:
+        """Run the model in its own task: Decisions into the queue, then None
+        (done) or a _ModelStopped. The deadline is enforced here, where no
+        yield to the caller can be interrupted by it. Owns the model slot and
+        reports to the circuit breaker."""
+        committed = 0
+        try:
+            try:
+                plan = self.composer.plan(cset)
+            except ContextTooLong as exc:
+                log.info("request %s: %s", request.request_id, exc)
+                self.circuit.record_neutral()
+                queue.put_nowait(_ModelStopped(FallbackReason.CONTEXT_TOO_LONG, 0))
+                return
+            try:
+                async with asyncio.timeout_at(budget_end):
+                    async for index in self.composer.compose(
+                        plan, request_id=request.request_id,
+                        temperature=request.temperature, seed=request.seed,
+                    ):
+                        committed += 1
+                        queue.put_nowait(_decide(cset, index, Source.MODEL, arrived))
+            except TimeoutError:
+                # Nothing at all within the budget looks like a sick engine;
+                # a slate cut short by a tight deadline does not.
+                self.circuit.record_failure() if committed == 0 else self.circuit.record_neutral()
+                queue.put_nowait(_ModelStopped(FallbackReason.DEADLINE, committed))
+                return
+            except EngineUnavailable:
+                self.circuit.record_neutral()
+                queue.put_nowait(_ModelStopped(self._model_unavailable_reason(), committed))
+                return
+            except EngineRequestError as exc:
+                log.warning("request %s: engine error: %s", request.request_id, exc)
+                self.circuit.record_failure()
+                reason = FallbackReason.ENGINE_DEAD if exc.dead else FallbackReason.ENGINE_ERROR
+                queue.put_nowait(_ModelStopped(reason, committed))
+                return
+            except Exception as exc:  # noqa: BLE001 - a bug here must not fail the caller
+                log.exception("request %s: model path failed", request.request_id)
+                self.circuit.record_failure()
+                queue.put_nowait(_ModelStopped(FallbackReason.ENGINE_ERROR, committed))
+                return
+            self.circuit.record_success()
+            queue.put_nowait(None)
+        finally:
+            self.model_slots.release()
 
     def _outcome(self, cset: CandidateSet, decisions: list[Decision], request: SlateRequest,
                  reason: FallbackReason, arrived: float, tokens: int) -> SlateOutcome:
@@ -159,6 +244,13 @@ class Recommender:
         if len(picks) != request.k:
             raise RuntimeError(f"warm-up slate has {len(picks)} items, expected {request.k}")
 
+
+
+class _ModelStopped(Exception):
+    def __init__(self, reason: FallbackReason, tokens: int):
+        super().__init__(reason.value)
+        self.reason = reason
+        self.tokens = tokens
 
 
 def _decide(cset: CandidateSet, index: int, source: Source, arrived: float) -> Decision:

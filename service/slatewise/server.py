@@ -78,6 +78,8 @@ class SlatewiseServer:
             ("grpc.max_receive_message_length", s.max_message_bytes),
             ("grpc.max_send_message_length", s.max_message_bytes),
             ("grpc.so_reuseport", 0),
+            ("grpc.max_connection_age_ms", int(s.max_connection_age_seconds * 1000)),
+            ("grpc.max_connection_age_grace_ms", int(s.shutdown_grace_seconds * 1000) + 5000),
         ]
         server = grpc.aio.server(options=options)
         pb_grpc.add_SlateServiceServicer_to_server(SlateService(s, self.recommender, self.metrics), server)
@@ -96,6 +98,7 @@ class SlatewiseServer:
         await self._set_health(["liveness", "catalogue"], SERVING)
         log.info("gRPC on %s:%d, metrics on %s:%d", s.host, self.grpc_port, s.metrics_host, self.metrics_port)
         self.engine.on_state_change(self._on_engine_state)
+        self.metrics.engine_unfinished.set_function(self.engine.num_unfinished_requests)
         if s.model_enabled:
             self._engine_task = asyncio.create_task(self._start_engine())
         else:
@@ -113,6 +116,28 @@ class SlatewiseServer:
             log.error("model path unavailable, serving pointwise: %s", self.engine.last_error)
         # Ready either way: the pointwise path answers whenever the model cannot.
         await self._set_health(["overall", "slates"], SERVING)
+        await self._supervise()
+
+    async def _supervise(self) -> None:
+        """Watch the engine; rebuild it in-process when it dies. Meanwhile the
+        model health is NOT_SERVING and requests are served pointwise."""
+        assert self.recommender is not None
+        s = self.settings
+        while True:
+            await asyncio.sleep(s.engine_health_interval_seconds)
+            if self.engine.state is EngineState.READY:
+                await self.engine.check_health()
+            if self.engine.state is EngineState.DEAD and s.engine_restart:
+                t0 = asyncio.get_running_loop().time()
+                log.warning("rebuilding the engine")
+                if await self.engine.restart(warmup=self.recommender.warmup):
+                    took = asyncio.get_running_loop().time() - t0
+                    self.metrics.engine_restarts.inc()
+                    self.metrics.engine_recovery_seconds.set(took)
+                    self.recommender.circuit.reset()
+                    log.warning("engine rebuilt in %.1fs", took)
+                else:
+                    self.engine.state = EngineState.DEAD  # try again next round
 
     async def stop(self, grace: float | None = None) -> None:
         await self._set_health(["overall", "slates", "catalogue", "model"], NOT_SERVING)

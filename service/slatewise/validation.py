@@ -51,6 +51,9 @@ class _Checker:
 def validate(request: pb.RecommendRequest, snapshot: CatalogueSnapshot,
              limits: Settings) -> SlateRequest:
     check = _Checker(limits)
+    size = request.ByteSize()
+    if size > limits.max_request_bytes:
+        raise InvalidRequest([("request", f"is {size} bytes, the limit is {limits.max_request_bytes}")])
     ctx = request.context
     check.text("context.query", ctx.query, limit=limits.max_query_chars)
     check.text("context.user_id", ctx.user_id)
@@ -78,6 +81,9 @@ def validate(request: pb.RecommendRequest, snapshot: CatalogueSnapshot,
         check.add("relevance_prior", "must be between 0 and 10")
     if request.strategy not in _STRATEGIES:
         check.add("strategy", "must be AUTO, MODEL or POINTWISE")
+    if request.overload_policy not in (pb.OVERLOAD_POLICY_UNSPECIFIED, pb.OVERLOAD_POLICY_FALLBACK,
+                                       pb.OVERLOAD_POLICY_REJECT):
+        check.add("overload_policy", "must be FALLBACK or REJECT")
 
     cons = request.constraints
     if len(cons.exclude_ids) > limits.max_exclude:
@@ -107,6 +113,7 @@ def validate(request: pb.RecommendRequest, snapshot: CatalogueSnapshot,
         temperature=float(request.temperature),
         seed=request.seed if request.HasField("seed") else None,
         relevance_prior=request.relevance_prior if request.HasField("relevance_prior") else None,
+        reject_on_overload=request.overload_policy == pb.OVERLOAD_POLICY_REJECT,
     )
 
 

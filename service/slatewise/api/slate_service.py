@@ -13,7 +13,8 @@ from slatewise.domain import Decision
 from slatewise.errors import InvalidRequest, abort_invalid
 from slatewise.metrics import Metrics
 from slatewise.proto import pb, pb_grpc
-from slatewise.recommender import Recommender, SlateOutcome
+from slatewise.recommender import Overloaded, Recommender, SlateOutcome
+from slatewise.resilience.admission import InflightLimit
 from slatewise.validation import validate
 
 log = logging.getLogger("slatewise.requests")
@@ -24,6 +25,7 @@ class SlateService(pb_grpc.SlateServiceServicer):
         self.settings = settings
         self.recommender = recommender
         self.metrics = metrics
+        self.admission = InflightLimit(settings.max_inflight_requests)
 
     def _deadline(self, context: grpc.aio.ServicerContext, arrived: float) -> float | None:
         remaining = context.time_remaining()
@@ -32,8 +34,12 @@ class SlateService(pb_grpc.SlateServiceServicer):
     async def _events(self, request: pb.RecommendRequest, context, method: str):
         """Shared body: validate, run, count. Yields (item or slate) protos."""
         arrived = time.monotonic()
-        self.metrics.inflight.inc()
         strategy, code = "none", grpc.StatusCode.OK
+        if not self.admission.try_acquire():
+            self.metrics.requests.labels(method, strategy, "RESOURCE_EXHAUSTED").inc()
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"{self.admission.inflight} requests in flight")
+        self.metrics.inflight.inc()
         try:
             try:
                 req = validate(request, self.recommender.store.snapshot, self.settings)
@@ -49,6 +55,9 @@ class SlateService(pb_grpc.SlateServiceServicer):
             except InvalidRequest as exc:
                 code = grpc.StatusCode.INVALID_ARGUMENT
                 await abort_invalid(context, exc)
+            except Overloaded as exc:
+                code = grpc.StatusCode.RESOURCE_EXHAUSTED
+                await context.abort(code, f"model path saturated: {exc}")
         except Exception:
             if code is grpc.StatusCode.OK:
                 code = context.code() or grpc.StatusCode.UNKNOWN
@@ -56,6 +65,7 @@ class SlateService(pb_grpc.SlateServiceServicer):
                     code = grpc.StatusCode.UNKNOWN
             raise
         finally:
+            self.admission.release()
             self.metrics.inflight.dec()
             self.metrics.requests.labels(method, strategy, code.name).inc()
 
@@ -78,7 +88,6 @@ class SlateService(pb_grpc.SlateServiceServicer):
     async def RecommendStream(self, request, context):
         async for kind, event, extra in self._events(request, context, "RecommendStream"):
             if kind == "item":
-                # The candidate set is known once the first decision exists.
                 yield pb.SlateEvent(item=convert.slate_item(event, extra))
             else:
                 yield pb.SlateEvent(slate=convert.slate(event, extra))

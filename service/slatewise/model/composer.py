@@ -91,20 +91,26 @@ class SlateComposer:
         return keep
 
     def plan(self, cset: CandidateSet) -> ModelPlan:
+        """Prompt and slate spec for a candidate set. A context too long for the
+        model's window is shrunk to the best candidates by pointwise score
+        (halving until it fits); ContextTooLong if even that fails."""
         request = cset.request
         allowed = self._shrunk(cset)
-        if len(allowed) < len(cset):
-            sub = [cset.candidates[i] for i in allowed]
-            ctx = self.prompts.context(sub)
-        else:
-            ctx = self._context(cset)
         history = [cset.snapshot.items[cset.snapshot.index[h]].title
                    for h in request.history_ids if h in cset.snapshot.index]
+        ctx = (self._context(cset) if len(allowed) == len(cset)
+               else self.prompts.context([cset.candidates[i] for i in allowed]))
         tokens = self.prompts.prompt_tokens(ctx, request, history)
-        if len(tokens) + request.k + 1 > self.settings.max_model_len:
-            raise ContextTooLong(
-                f"prompt of {len(tokens)} tokens does not fit max_model_len {self.settings.max_model_len}"
-            )
+        while len(tokens) + request.k + 1 > self.settings.max_model_len:
+            keep = len(allowed) // 2
+            by_score = sorted(allowed, key=lambda i: -float(cset.scores[i]))[:keep]
+            allowed = sorted(by_score)
+            cats = cset.category_index[allowed].tolist()
+            if keep < request.k or not is_feasible(request.k, cats, list(cset.caps)):
+                raise ContextTooLong(
+                    f"prompt of {len(tokens)} tokens does not fit max_model_len {self.settings.max_model_len}")
+            ctx = self.prompts.context([cset.candidates[i] for i in allowed])
+            tokens = self.prompts.prompt_tokens(ctx, request, history)
         handle_tokens = [ctx.handle_token[cset.candidates[i].id] for i in allowed]
         weight = request.relevance_prior if request.relevance_prior is not None else self.settings.relevance_prior
         prior: list[float] = []

@@ -135,10 +135,34 @@ class Engine:
                  "v2" if self.uses_v2_runner else "v1")
         return True
 
-    async def _close_llm(self) -> None:
+    async def _close_llm(self, timeout: float = 30.0) -> None:
         llm, self.llm = self.llm, None
         if llm is not None:
-            await asyncio.to_thread(llm.shutdown)
+            try:
+                await asyncio.wait_for(asyncio.to_thread(llm.shutdown), timeout)
+            except (TimeoutError, Exception):  # noqa: BLE001 - a dead engine may not stop cleanly
+                log.warning("engine shutdown did not complete cleanly", exc_info=True)
+
+    async def check_health(self) -> bool:
+        """Ask the engine core whether it lives; a dead one moves us to DEAD."""
+        if self.state is not EngineState.READY or self.llm is None:
+            return self.ready
+        try:
+            await asyncio.wait_for(self.llm.check_health(), 10.0)
+            if not self.llm.errored:
+                return True
+        except Exception as exc:  # noqa: BLE001 - any failure here means dead
+            self.last_error = f"health check failed: {type(exc).__name__}: {exc}"
+        else:
+            self.last_error = "engine errored"
+        log.error("engine is dead: %s", self.last_error)
+        self._set_state(EngineState.DEAD)
+        return False
+
+    async def restart(self, warmup: Callable[[], Awaitable[None]] | None = None) -> bool:
+        """Replace a dead engine with a new one, in this process."""
+        await self._close_llm()
+        return await self.start(warmup)
 
     async def shutdown(self) -> None:
         await self._close_llm()

@@ -27,6 +27,12 @@ class FallbackReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FALLBACK_REASON_CONTEXT_TOO_LONG: _ClassVar[FallbackReason]
     FALLBACK_REASON_CIRCUIT_OPEN: _ClassVar[FallbackReason]
 
+class OverloadPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OVERLOAD_POLICY_UNSPECIFIED: _ClassVar[OverloadPolicy]
+    OVERLOAD_POLICY_FALLBACK: _ClassVar[OverloadPolicy]
+    OVERLOAD_POLICY_REJECT: _ClassVar[OverloadPolicy]
+
 class ItemSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ITEM_SOURCE_UNSPECIFIED: _ClassVar[ItemSource]
@@ -46,6 +52,9 @@ FALLBACK_REASON_OVERLOAD: FallbackReason
 FALLBACK_REASON_DEADLINE: FallbackReason
 FALLBACK_REASON_CONTEXT_TOO_LONG: FallbackReason
 FALLBACK_REASON_CIRCUIT_OPEN: FallbackReason
+OVERLOAD_POLICY_UNSPECIFIED: OverloadPolicy
+OVERLOAD_POLICY_FALLBACK: OverloadPolicy
+OVERLOAD_POLICY_REJECT: OverloadPolicy
 ITEM_SOURCE_UNSPECIFIED: ItemSource
 ITEM_SOURCE_MODEL: ItemSource
 ITEM_SOURCE_FALLBACK: ItemSource
@@ -118,7 +127,7 @@ class Constraints(_message.Message):
     def __init__(self, max_per_category: _Optional[int] = ..., category_limits: _Optional[_Mapping[str, int]] = ..., exclude_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("request_id", "context", "candidates", "k", "constraints", "diversity", "strategy", "temperature", "seed", "relevance_prior")
+    __slots__ = ("request_id", "context", "candidates", "k", "constraints", "diversity", "strategy", "temperature", "seed", "relevance_prior", "overload_policy")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +138,7 @@ class RecommendRequest(_message.Message):
     TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     RELEVANCE_PRIOR_FIELD_NUMBER: _ClassVar[int]
+    OVERLOAD_POLICY_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     context: Context
     candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
@@ -139,7 +149,8 @@ class RecommendRequest(_message.Message):
     temperature: float
     seed: int
     relevance_prior: float
-    def __init__(self, request_id: _Optional[str] = ..., context: _Optional[_Union[Context, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., k: _Optional[int] = ..., constraints: _Optional[_Union[Constraints, _Mapping]] = ..., diversity: _Optional[float] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., relevance_prior: _Optional[float] = ...) -> None: ...
+    overload_policy: OverloadPolicy
+    def __init__(self, request_id: _Optional[str] = ..., context: _Optional[_Union[Context, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., k: _Optional[int] = ..., constraints: _Optional[_Union[Constraints, _Mapping]] = ..., diversity: _Optional[float] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., relevance_prior: _Optional[float] = ..., overload_policy: _Optional[_Union[OverloadPolicy, str]] = ...) -> None: ...
 
 class SlateItem(_message.Message):
     __slots__ = ("item_id", "position", "source", "score", "category", "title")

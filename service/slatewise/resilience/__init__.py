@@ -1,0 +1,1 @@
+"""What keeps the model path from hurting callers: circuit breaker, admission."""
