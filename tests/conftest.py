@@ -47,7 +47,7 @@ class RunningServer:
 
 
 def start_server(tmp_dir: Path, *args: str, env: dict[str, str] | None = None,
-                 wait_for: str = "", timeout: float = 240.0) -> RunningServer:
+                 wait_for: str = "", timeout: float = 240.0, client_credentials=None) -> RunningServer:
     """Start a server and wait until health of `wait_for` ("" = overall) is SERVING."""
     from slatewise_client import SlateClient
 
@@ -60,7 +60,7 @@ def start_server(tmp_dir: Path, *args: str, env: dict[str, str] | None = None,
                             env={**os.environ, **(env or {})}, cwd=REPO)
     server = RunningServer(proc, grpc_port, metrics_port, log_path)
     deadline = time.monotonic() + timeout
-    with SlateClient(server.target) as client:
+    with SlateClient(server.target, credentials=client_credentials) as client:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise RuntimeError(f"server exited with {proc.returncode}:\n{server.log_tail()}")
@@ -96,6 +96,7 @@ def pointwise_server(tmp_path_factory) -> Iterator[RunningServer]:
 @pytest.fixture(scope="session")
 def model_server(tmp_path_factory) -> Iterator[RunningServer]:
     """A server with the real vLLM engine (CPU build) and the default model."""
-    server = start_server(tmp_path_factory.mktemp("model"), wait_for="slatewise.v1.Model", timeout=400)
+    server = start_server(tmp_path_factory.mktemp("model"), "--shadow-rate", "1",
+                          wait_for="slatewise.v1.Model", timeout=400)
     yield server
     stop_server(server)

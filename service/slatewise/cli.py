@@ -21,6 +21,7 @@ def _serve(argv: list[str]) -> int:
     except ValidationError as exc:
         print(f"slatewise serve: invalid configuration:\n{exc}", file=sys.stderr)
         return 2
+    logs.configure(settings.log_level)
     try:
         asyncio.run(serve(settings))
     except CatalogueError as exc:

@@ -40,6 +40,13 @@ class Settings(BaseSettings):
     tls_client_ca_file: Path | None = Field(None, description="PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS).")
     auth_tokens_file: Path | None = Field(None, description="File with one accepted bearer token per line; when set, calls without one get UNAUTHENTICATED (health is exempt).")
 
+    # --- observability ----------------------------------------------------------
+    shadow_rate: float = Field(0.1, ge=0, le=1, description="Share of model-served requests also compared with the pointwise slate (diversity difference, overlap).")
+    otel_traces: Literal["off", "console", "otlp"] = Field("off", description="OpenTelemetry tracing of gRPC calls.")
+    otel_endpoint: str = Field("http://localhost:4317", description="OTLP/gRPC collector for otel_traces=otlp.")
+    otel_service_name: str = Field("slatewise", description="service.name of the traces.")
+    log_level: str = Field("INFO", description="Log level of the JSON log lines.")
+
     # --- resilience -----------------------------------------------------------
     max_request_seconds: float = Field(30.0, gt=0, description="Longest a request may take; caps the caller's deadline.")
     deadline_margin_seconds: float = Field(0.015, ge=0, description="Budget kept back from the deadline to finish the slate from the pointwise scorer.")

@@ -24,6 +24,7 @@ from prometheus_client.exposition import MetricsHandler
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0,
                    1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 UNIT_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
+DELTA_BUCKETS = tuple(round(-1 + 0.1 * i, 1) for i in range(21))
 TOKEN_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128)
 CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
 
@@ -55,6 +56,15 @@ class Metrics:
         self.model_tokens = Histogram(
             "slatewise_model_generated_tokens", "Tokens the model generated per slate.",
             buckets=TOKEN_BUCKETS, registry=r)
+        self.shadow_comparisons = Counter(
+            "slatewise_shadow_comparisons", "Model slates compared with the pointwise slate for the same request.",
+            registry=r)
+        self.shadow_diversity_delta = Histogram(
+            "slatewise_shadow_diversity_delta", "Model slate minus pointwise slate, per diversity metric.",
+            ["metric"], buckets=DELTA_BUCKETS, registry=r)
+        self.shadow_overlap = Histogram(
+            "slatewise_shadow_overlap", "Share of the model slate's items also in the pointwise slate.",
+            buckets=(0.0,) + UNIT_BUCKETS, registry=r)
         self.inflight = Gauge(
             "slatewise_inflight_requests", "Slate requests being served now.", registry=r)
         self.engine_ready = Gauge(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -125,6 +126,8 @@ class Recommender:
                         break
                     decisions.append(item)
                     yield item
+                if len(decisions) == request.k and random.random() < self.settings.shadow_rate:
+                    self._shadow(cset, decisions, await hedge)
                 if not decisions:
                     fallback = await hedge
                     for index in fallback:
@@ -142,6 +145,20 @@ class Recommender:
                 decisions.append(decision)
                 yield decision
         yield self._outcome(cset, decisions, request, reason, arrived, tokens)
+
+    def _shadow(self, cset: CandidateSet, decisions: list[Decision], pointwise: list[int]) -> None:
+        """What the model bought over the pointwise slate for this very request."""
+        ours = [d.candidate for d in decisions]
+        a = slate_diversity(cset.embeddings[ours], [cset.candidates[i].category for i in ours],
+                            cset.available_categories)
+        b = slate_diversity(cset.embeddings[pointwise], [cset.candidates[i].category for i in pointwise],
+                            cset.available_categories)
+        m = self.metrics
+        m.shadow_comparisons.inc()
+        m.shadow_diversity_delta.labels("intra_list_diversity").observe(a.intra_list_diversity - b.intra_list_diversity)
+        m.shadow_diversity_delta.labels("category_coverage").observe(a.category_coverage - b.category_coverage)
+        m.shadow_diversity_delta.labels("redundancy").observe(a.redundancy - b.redundancy)
+        m.shadow_overlap.observe(len(set(ours) & set(pointwise)) / len(ours))
 
     def _pointwise(self, cset: CandidateSet, request: SlateRequest, picked) -> list[int]:
         return select(self.settings.diversify_method, cset.embeddings, cset.scores, request.k,

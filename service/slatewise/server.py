@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from slatewise.api.auth import BearerTokenInterceptor, load_tokens
 from slatewise.api.catalogue_service import CatalogueService
 from slatewise.api.slate_service import SlateService
 from slatewise.catalogue.loader import embedded_catalogue_path, load_jsonl
@@ -29,6 +30,7 @@ from slatewise.model.composer import SlateComposer
 from slatewise.model.engine import Engine, EngineState
 from slatewise.proto import pb, pb_grpc
 from slatewise.recommender import Recommender
+from slatewise.tracing import server_interceptors
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +83,10 @@ class SlatewiseServer:
             ("grpc.max_connection_age_ms", int(s.max_connection_age_seconds * 1000)),
             ("grpc.max_connection_age_grace_ms", int(s.shutdown_grace_seconds * 1000) + 5000),
         ]
-        server = grpc.aio.server(options=options)
+        interceptors = server_interceptors(s)
+        if s.auth_tokens_file is not None:
+            interceptors.append(BearerTokenInterceptor(load_tokens(s.auth_tokens_file)))
+        server = grpc.aio.server(options=options, interceptors=interceptors)
         pb_grpc.add_SlateServiceServicer_to_server(SlateService(s, self.recommender, self.metrics), server)
         pb_grpc.add_CatalogueServiceServicer_to_server(
             CatalogueService(s, store, self.metrics, str(source)), server)
@@ -89,7 +94,16 @@ class SlatewiseServer:
         reflection.enable_server_reflection(
             [*SERVICE_NAMES.values()][1:3] + [health.SERVICE_NAME, reflection.SERVICE_NAME], server)
         await self._set_health(["overall", "slates", "catalogue", "model"], NOT_SERVING)
-        self.grpc_port = server.add_insecure_port(f"{s.host}:{s.grpc_port}")
+        address = f"{s.host}:{s.grpc_port}"
+        if s.tls_enabled:
+            ca = s.tls_client_ca_file.read_bytes() if s.tls_client_ca_file else None
+            credentials = grpc.ssl_server_credentials(
+                [(s.tls_key_file.read_bytes(), s.tls_cert_file.read_bytes())],
+                root_certificates=ca, require_client_auth=ca is not None,
+            )
+            self.grpc_port = server.add_secure_port(address, credentials)
+        else:
+            self.grpc_port = server.add_insecure_port(address)
         if self.grpc_port == 0:
             raise RuntimeError(f"cannot bind gRPC on {s.host}:{s.grpc_port}")
         self._metrics_http, self.metrics_port = start_metrics_server(self.metrics, s.metrics_host, s.metrics_port)

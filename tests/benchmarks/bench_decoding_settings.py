@@ -4,7 +4,9 @@ pressure versus plain model decoding and the pointwise path.
 Position bias: SmolLM2 tends to copy the listing (ten consecutive lines).
 For each model slate we count consecutive picks that are adjacent, in order,
 in the listed catalogue ("adjacency"); a slate copied from the listing scores
-1.0, random picks from the catalogue about 1/180.
+1.0, random picks from the catalogue about 1/180. "Mean listed position" is
+where the picks sit in the listing (0 = top, 1 = bottom; 0.5 = no preference
+for either end).
 
     python tests/benchmarks/bench_decoding_settings.py [--queries 24]
 """
@@ -69,7 +71,7 @@ def main(n_queries: int, k: int) -> None:
     rows = []
     try:
         with SlateClient(server.target) as client:
-            stats = {name: {"adj": [], "ild": [], "cov": [], "red": [], "score": [], "lat": []}
+            stats = {name: {"adj": [], "pos": [], "ild": [], "cov": [], "red": [], "score": [], "lat": []}
                      for name, _ in SETTINGS}
             for q in QUERIES[:n_queries]:
                 for name, kw in SETTINGS:  # interleaved: every setting sees the same load
@@ -77,6 +79,7 @@ def main(n_queries: int, k: int) -> None:
                     ids = [it.item_id for it in slate.items]
                     s = stats[name]
                     s["adj"].append(adjacency(ids, position))
+                    s["pos"].append(float(np.mean([position[i] for i in ids])) / len(position))
                     s["ild"].append(slate.diversity.intra_list_diversity)
                     s["cov"].append(slate.diversity.category_coverage)
                     s["red"].append(slate.diversity.redundancy)
@@ -84,13 +87,13 @@ def main(n_queries: int, k: int) -> None:
                     s["lat"].append(slate.timings.total_seconds)
             for name, _ in SETTINGS:
                 s = stats[name]
-                rows.append([name, float(np.mean(s["adj"])), float(np.mean(s["ild"])),
+                rows.append([name, float(np.mean(s["adj"])), float(np.mean(s["pos"])), float(np.mean(s["ild"])),
                              float(np.mean(s["cov"])), float(np.mean(s["red"])),
                              float(np.mean(s["score"])), median(s["lat"])])
     finally:
         stop_server(server)
     print(f"# decoding settings: K={k}, {n_queries} queries, retrieval top-50 of the embedded catalogue")
-    print(table(["setting", "listing adjacency", "ILD", "category coverage", "redundancy",
+    print(table(["setting", "listing adjacency", "mean listed position (0..1)", "ILD", "category coverage", "redundancy",
                  "mean pointwise score", "p50 latency s"], rows))
 
 

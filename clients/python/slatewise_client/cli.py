@@ -8,7 +8,7 @@ import sys
 import grpc
 from google.protobuf import json_format
 
-from slatewise_client.client import SlateClient
+from slatewise_client.client import SlateClient, tls_credentials
 from slatewise_client.errors import field_violations
 from slatewise_client.pb import slate_pb2 as pb
 
@@ -17,6 +17,14 @@ def _add_target(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default="localhost:50051",
                    help="HOST:PORT or a gRPC URI such as dns:///slatewise-headless:50051")
     p.add_argument("--token", default=None, help="bearer token, if the server requires one")
+    p.add_argument("--tls-ca", default=None, help="PEM CA bundle: connect with TLS")
+    p.add_argument("--tls-cert", default=None, help="PEM client certificate (mutual TLS)")
+    p.add_argument("--tls-key", default=None, help="PEM client key (mutual TLS)")
+
+
+def _client(args: argparse.Namespace) -> SlateClient:
+    return SlateClient(args.target, token=args.token,
+                       credentials=tls_credentials(args.tls_ca, args.tls_cert, args.tls_key))
 
 
 def _to_json(message) -> str:
@@ -57,7 +65,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         seed=args.seed,
     )
-    with SlateClient(args.target, token=args.token) as client:
+    with _client(args) as client:
         if args.stream:
             for event in client.recommend_stream(args.query, args.k, deadline=args.deadline, **kwargs):
                 if args.json:
@@ -78,7 +86,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    with SlateClient(args.target, token=args.token) as client:
+    with _client(args) as client:
         status = client.health(args.service, deadline=args.deadline)
     print(status)
     return 0 if status == "SERVING" else 1

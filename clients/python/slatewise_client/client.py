@@ -20,6 +20,23 @@ DEFAULT_OPTIONS: Sequence[tuple[str, object]] = (
 )
 
 
+def tls_credentials(ca: str | None = None, cert: str | None = None,
+                    key: str | None = None) -> grpc.ChannelCredentials | None:
+    """Channel credentials from PEM file paths (None when no TLS is asked for)."""
+    if not (ca or cert or key):
+        return None
+
+    def read(path):
+        with open(path, "rb") as f:
+            return f.read()
+
+    return grpc.ssl_channel_credentials(
+        root_certificates=read(ca) if ca else None,
+        private_key=read(key) if key else None,
+        certificate_chain=read(cert) if cert else None,
+    )
+
+
 def _credentials_metadata(token: str | None) -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {token}")] if token else []
 

@@ -6,6 +6,10 @@ from collections.abc import Iterable, Mapping
 
 from slatewise_client.pb import slate_pb2 as pb
 
+OVERLOAD_POLICIES = {
+    "fallback": pb.OVERLOAD_POLICY_FALLBACK,
+    "reject": pb.OVERLOAD_POLICY_REJECT,
+}
 STRATEGIES = {
     "auto": pb.STRATEGY_AUTO,
     "model": pb.STRATEGY_MODEL,
@@ -29,6 +33,7 @@ def build_request(
     seed: int | None = None,
     relevance_prior: float | None = None,
     request_id: str = "",
+    overload_policy: str = "fallback",
 ) -> pb.RecommendRequest:
     """Candidates are catalogue ids (str) or inline items (dicts with id, title,
     category, attributes and optional score)."""
@@ -47,6 +52,7 @@ def build_request(
         diversity=diversity,
         strategy=STRATEGIES[strategy],
         temperature=temperature,
+        overload_policy=OVERLOAD_POLICIES[overload_policy],
     )
     if seed is not None:
         request.seed = seed

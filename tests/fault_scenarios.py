@@ -1,0 +1,183 @@
+"""Fault scenarios against a real server on loopback, shared by the fault
+tests (small, asserting invariants) and tests/benchmarks/reliability.py
+(larger, writing the figures of docs/RELIABILITY.md).
+
+Every scenario is bounded in request count and time and targets 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+
+import grpc
+import psutil
+
+from slatewise.catalogue.loader import embedded_catalogue_path, load_jsonl
+from slatewise_client import AsyncSlateClient, SlateClient, build_request
+from slatewise_client.pb import slate_pb2 as pb
+
+CATALOGUE = {it.id: it for it in load_jsonl(embedded_catalogue_path())}
+QUERIES = ["casual outfit", "business meeting", "rainy autumn commute", "beach holiday",
+           "gym session", "wedding guest", "winter hiking", "first date dinner"]
+
+
+@dataclass
+class Tally:
+    """What came back: every request sent ends up in exactly one bucket."""
+
+    sent: int = 0
+    valid: int = 0
+    invalid: int = 0
+    errors: Counter = field(default_factory=Counter)  # gRPC status name -> count
+    strategies: Counter = field(default_factory=Counter)
+    reasons: Counter = field(default_factory=Counter)
+    overshoot: list[float] = field(default_factory=list)  # elapsed - deadline, seconds
+
+    @property
+    def lost(self) -> int:
+        return self.sent - self.valid - self.invalid - sum(self.errors.values())
+
+    def add_slate(self, slate: pb.Slate, request: pb.RecommendRequest) -> None:
+        ids = [it.item_id for it in slate.items]
+        cap = request.constraints.max_per_category
+        ok = (len(ids) == request.k == len(set(ids)) and all(i in CATALOGUE for i in ids)
+              and not set(ids) & set(request.constraints.exclude_ids)
+              and (not cap or max(Counter(CATALOGUE[i].category for i in ids).values()) <= cap))
+        if ok:
+            self.valid += 1
+        else:
+            self.invalid += 1
+        self.strategies[pb.Strategy.Name(slate.strategy)] += 1
+        self.reasons[pb.FallbackReason.Name(slate.fallback_reason)] += 1
+
+
+def random_request(rng: random.Random, i: int, **kw) -> pb.RecommendRequest:
+    k = kw.pop("k", rng.randint(3, 10))
+    return build_request(rng.choice(QUERIES), k, max_per_category=rng.choice([0, 2, 3]),
+                         exclude_ids=rng.sample(sorted(CATALOGUE), 2), request_id=f"fault-{i}",
+                         diversity=rng.choice([0.0, 0.5]), **kw)
+
+
+async def _one(client: AsyncSlateClient, request, tally: Tally, deadline: float | None,
+               stream: bool = False) -> None:
+    tally.sent += 1
+    t0 = time.perf_counter()
+    try:
+        if stream:
+            slate = None
+            async for event in client.recommend_stream(request=request, deadline=deadline):
+                if event.WhichOneof("event") == "slate":
+                    slate = event.slate
+        else:
+            slate = await client.recommend(request=request, deadline=deadline)
+    except grpc.RpcError as err:
+        tally.errors[err.code().name] += 1
+        return
+    if deadline is not None:
+        tally.overshoot.append(time.perf_counter() - t0 - deadline)
+    if slate is None:
+        tally.invalid += 1
+    else:
+        tally.add_slate(slate, request)
+
+
+async def closed_loop(target: str, n: int, concurrency: int, make_request, deadline_of,
+                      tally: Tally | None = None, stream_every: int = 0,
+                      stop_after: float | None = None) -> Tally:
+    """n requests, `concurrency` at a time (bounded in count and time)."""
+    tally = tally or Tally()
+    rng = random.Random(n * 7919 + concurrency)
+    queue = list(range(n))
+    t_end = time.monotonic() + stop_after if stop_after else None
+    async with AsyncSlateClient(target) as client:
+        async def worker():
+            while queue and (t_end is None or time.monotonic() < t_end):
+                i = queue.pop()
+                stream = bool(stream_every) and i % stream_every == 0
+                await _one(client, make_request(rng, i), tally, deadline_of(rng, i), stream)
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return tally
+
+
+def scrape(metrics_url: str) -> dict[str, float]:
+    body = urllib.request.urlopen(metrics_url, timeout=5).read().decode()
+    out = {}
+    for line in body.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            try:
+                out[name] = float(value)
+            except ValueError:
+                pass
+    return out
+
+
+async def cancel_mid_stream(target: str, n: int) -> int:
+    """Start n streams and cancel each right after its first item; returns how
+    many were cancelled with at least one item received."""
+    cancelled = 0
+    async with AsyncSlateClient(target) as client:
+        for i in range(n):
+            call = client.slates.RecommendStream(
+                build_request(QUERIES[i % len(QUERIES)], 10, strategy="model", request_id=f"cancel-{i}"),
+                timeout=60)
+            async for event in call:
+                if event.WhichOneof("event") == "item":
+                    call.cancel()
+                    cancelled += 1
+                    break
+    return cancelled
+
+
+def wait_unfinished_zero(metrics_url: str, timeout: float = 10.0) -> float:
+    t_end = time.monotonic() + timeout
+    value = float("nan")
+    while time.monotonic() < t_end:
+        value = scrape(metrics_url).get("slatewise_engine_unfinished_requests", float("nan"))
+        if value == 0:
+            return value
+        time.sleep(0.2)
+    return value
+
+
+def engine_core_pids(server_pid: int) -> list[int]:
+    """The vLLM engine core process(es) under a server process."""
+    pids = []
+    for child in psutil.Process(server_pid).children(recursive=True):
+        try:
+            text = " ".join([child.name()] + child.cmdline())
+        except psutil.Error:
+            continue
+        if "EngineCore" in text:
+            pids.append(child.pid)
+    return pids
+
+
+def kill_engine_core(server_pid: int) -> int:
+    pids = engine_core_pids(server_pid)
+    if not pids:
+        raise RuntimeError("no EngineCore process found under the server")
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    return len(pids)
+
+
+def wait_health(target: str, service: str, status: str, timeout: float) -> float:
+    """Seconds until `service` reports `status` (raises on timeout)."""
+    t0 = time.monotonic()
+    with SlateClient(target) as client:
+        while time.monotonic() - t0 < timeout:
+            try:
+                if client.health(service, deadline=2.0) == status:
+                    return time.monotonic() - t0
+            except grpc.RpcError:
+                pass
+            time.sleep(0.2)
+    raise TimeoutError(f"{service!r} not {status} after {timeout}s")

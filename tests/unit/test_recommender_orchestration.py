@@ -1,0 +1,161 @@
+"""Orchestration of one request with a scripted stand-in for the engine:
+partial fill, fallback reasons, the circuit breaker and overload policy.
+(The real engine is exercised by the integration and fault tests.)"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from slatewise.candidates import CandidateSet
+from slatewise.config import load_settings
+from slatewise.domain import Candidate, FallbackReason, SlateRequest, Source, Strategy
+from slatewise.metrics import Metrics
+from slatewise.model.composer import ContextTooLong
+from slatewise.model.engine import EngineRequestError, EngineState
+from slatewise.recommender import Overloaded, Recommender, SlateOutcome
+
+N = 12
+
+
+class FakeEngine:
+    def __init__(self):
+        self.state = EngineState.READY
+
+    @property
+    def ready(self):
+        return self.state is EngineState.READY
+
+
+class ScriptedComposer:
+    """Yields the scripted picks with a delay each, then fails if told to."""
+
+    def __init__(self, picks, delay=0.0, error=None, too_long=False):
+        self.picks, self.delay, self.error, self.too_long = picks, delay, error, too_long
+        self.cancelled = False
+
+    def plan(self, cset):
+        if self.too_long:
+            raise ContextTooLong("scripted")
+        return object()
+
+    async def compose(self, plan, **kw):
+        try:
+            for p in self.picks:
+                await asyncio.sleep(self.delay)
+                yield p
+            if self.error:
+                raise self.error
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+
+
+def _cset(request):
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(N, 8)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    cats = [i % 3 for i in range(N)]
+    cands = tuple(Candidate(f"c{i}", f"t{i}", f"cat{c}", {}) for i, c in enumerate(cats))
+    return CandidateSet(request=request, snapshot=None, candidates=cands, embeddings=emb,
+                        scores=np.linspace(1, 0, N).astype(np.float32),
+                        category_index=np.array(cats), category_names=("cat0", "cat1", "cat2"),
+                        caps=(request.max_per_category,) * 3, retrieved=False)
+
+
+def _recommender(composer, engine=None, **settings):
+    s = load_settings([f"--{k.replace('_', '-')}={v}" for k, v in settings.items()])
+    rec = Recommender(s, store=None, embedder=None, engine=engine or FakeEngine(), composer=composer,
+                      metrics=Metrics())
+
+    async def candidates(request):
+        return _cset(request)
+
+    rec.candidates = candidates
+    return rec
+
+
+async def _run(rec, request, deadline=None):
+    arrived = time.monotonic()
+    events = [e async for e in rec.run(request, arrived, deadline)]
+    outcome = events[-1]
+    assert isinstance(outcome, SlateOutcome)
+    assert list(events[:-1]) == list(outcome.decisions)
+    ids = [d.item.id for d in outcome.decisions]
+    assert len(ids) == request.k == len(set(ids))
+    if request.max_per_category:
+        assert max(Counter(d.item.category for d in outcome.decisions).values()) <= request.max_per_category
+    return outcome
+
+
+def _req(k=4, cap=0, **kw):
+    return SlateRequest("r", "q", k, None, max_per_category=cap, **kw)
+
+
+async def test_model_slate():
+    out = await _run(_recommender(ScriptedComposer([3, 1, 4, 0])), _req())
+    assert out.strategy is Strategy.MODEL and out.reason is FallbackReason.NONE
+    assert [d.candidate for d in out.decisions] == [3, 1, 4, 0]
+    assert out.generated_tokens == 5
+
+
+async def test_engine_error_after_two_items_keeps_them_and_fills_the_rest():
+    composer = ScriptedComposer([5, 2], error=EngineRequestError("boom"))
+    out = await _run(_recommender(composer), _req(k=5, cap=2))
+    assert out.strategy is Strategy.PARTIAL and out.reason is FallbackReason.ENGINE_ERROR
+    assert [d.candidate for d in out.decisions[:2]] == [5, 2]
+    assert [d.source for d in out.decisions] == [Source.MODEL] * 2 + [Source.FALLBACK] * 3
+
+
+async def test_deadline_cuts_the_model_and_aborts_it():
+    composer = ScriptedComposer(list(range(N)), delay=0.05)
+    rec = _recommender(composer, deadline_margin_seconds=0.01)
+    t0 = time.monotonic()
+    out = await _run(rec, _req(k=10), deadline=t0 + 0.13)
+    assert time.monotonic() - t0 < 0.13
+    assert out.reason is FallbackReason.DEADLINE and out.strategy is Strategy.PARTIAL
+    assert 1 <= sum(d.source is Source.MODEL for d in out.decisions) < 10
+    await asyncio.sleep(0)
+    assert composer.cancelled
+
+
+async def test_nothing_committed_is_a_fallback_and_opens_the_circuit():
+    rec = _recommender(ScriptedComposer([], error=EngineRequestError("dead", dead=True)),
+                       circuit_failure_threshold=2)
+    for _ in range(2):
+        out = await _run(rec, _req())
+        assert out.strategy is Strategy.FALLBACK and out.reason is FallbackReason.ENGINE_DEAD
+    out = await _run(rec, _req())
+    assert out.reason is FallbackReason.CIRCUIT_OPEN
+
+
+@pytest.mark.parametrize(("state", "reason"), [(EngineState.STARTING, FallbackReason.ENGINE_NOT_READY),
+                                                (EngineState.DEAD, FallbackReason.ENGINE_DEAD)])
+async def test_engine_not_ready_or_dead(state, reason):
+    engine = FakeEngine()
+    engine.state = state
+    out = await _run(_recommender(ScriptedComposer([1]), engine=engine), _req())
+    assert out.strategy is Strategy.FALLBACK and out.reason is reason
+
+
+async def test_context_too_long_and_pointwise_strategy():
+    out = await _run(_recommender(ScriptedComposer([], too_long=True)), _req())
+    assert out.reason is FallbackReason.CONTEXT_TOO_LONG
+    out = await _run(_recommender(ScriptedComposer([1, 2])), _req(strategy=Strategy.POINTWISE))
+    assert out.strategy is Strategy.POINTWISE and out.reason is FallbackReason.NONE
+
+
+async def test_overload_policy():
+    rec = _recommender(ScriptedComposer([0, 1, 2, 3], delay=0.05), max_model_inflight=1)
+    first = asyncio.create_task(_run(rec, _req()))
+    await asyncio.sleep(0.01)
+    out = await _run(rec, _req())
+    assert out.reason is FallbackReason.OVERLOAD
+    with pytest.raises(Overloaded):
+        await _run(rec, _req(reject_on_overload=True))
+    assert (await first).strategy is Strategy.MODEL
+    assert rec.model_slots.inflight == 0
