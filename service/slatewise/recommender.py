@@ -115,9 +115,17 @@ class Recommender:
             hedge = asyncio.create_task(asyncio.to_thread(self._pointwise, cset, request, ()))
             queue: asyncio.Queue = asyncio.Queue()
             producer = asyncio.create_task(self._produce(cset, request, arrived, budget_end, queue))
+            loop = asyncio.get_running_loop()
             try:
                 while True:
-                    item = await queue.get()
+                    # The caller's budget is watched here, not only in the
+                    # producer: its clean-up (aborting the engine request)
+                    # must not delay the answer.
+                    try:
+                        item = await asyncio.wait_for(queue.get(), max(0.0, budget_end - loop.time()))
+                    except TimeoutError:
+                        item = queue.get_nowait() if not queue.empty() else \
+                            _ModelStopped(FallbackReason.DEADLINE, len(decisions))
                     if isinstance(item, _ModelStopped):
                         reason, tokens = item.reason, item.tokens
                         break
@@ -171,6 +179,7 @@ class Recommender:
         yield to the caller can be interrupted by it. Owns the model slot and
         reports to the circuit breaker."""
         committed = 0
+        started = time.monotonic()
         try:
             try:
                 plan = self.composer.plan(cset)
@@ -188,9 +197,13 @@ class Recommender:
                         committed += 1
                         queue.put_nowait(_decide(cset, index, Source.MODEL, arrived))
             except TimeoutError:
-                # Nothing at all within the budget looks like a sick engine;
-                # a slate cut short by a tight deadline does not.
-                self.circuit.record_failure() if committed == 0 else self.circuit.record_neutral()
+                # Nothing at all within a generous budget looks like a sick
+                # engine; a slate cut short by a tight deadline does not.
+                generous = budget_end - started >= self.settings.circuit_slow_seconds
+                if committed == 0 and generous:
+                    self.circuit.record_failure()
+                else:
+                    self.circuit.record_neutral()
                 queue.put_nowait(_ModelStopped(FallbackReason.DEADLINE, committed))
                 return
             except EngineUnavailable:

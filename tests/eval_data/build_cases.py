@@ -46,10 +46,12 @@ clicks in 20,000 rows. So a case is one logged click:
 * context: the user's four (hashed) user features as an opaque segment in the
   query, and as history the items the user had clicked before (the row's
   user-item affinity > 0), sent as titles since they are not catalogue ids.
-* candidates: all 80 items. Item features are hashed, so the title is
-  "item 12 (f0 -0.50, f1 aed79091, f2 67503f4a)", category = hashed
-  item_feature_3 (7 groups: the only category-like feature), attributes the
-  other features. score = the item's click-through rate over both logs *up to
+* candidates: all 80 items. Item features are anonymised (one number, three
+  hashes), so an item is {"title": "item 12", "category": "group-5c1e29",
+  "attributes": {"feature_0": "-0.50", "feature_1": "aed790", "feature_2":
+  "67503f"}}: category = hashed item_feature_3 (7 groups, the only
+  category-like feature), hashes cut to 6 hex digits (still unique) to keep
+  the text the server embeds per request short. score = the item's click-through rate over both logs *up to
   the moment of the click* (prequential, so no future clicks leak in),
   smoothed towards the running global CTR with SMOOTHING pseudo-impressions.
   Bernoulli TS is context-free, so per-impression CTR is a fair popularity
@@ -237,14 +239,18 @@ def _csv(zf: zipfile.ZipFile, name: str) -> list[dict]:
         return list(csv.DictReader(io.TextIOWrapper(f, encoding="utf-8")))
 
 
+HASH_CHARS = 6  # hashed feature values are cut to this many hex digits (still unique)
+
+
 def obp_item(row: dict) -> dict:
     i = int(row["item_id"])
     f0, f1, f2, f3 = (row[f"item_feature_{j}"] for j in range(4))
     return {
         "id": f"obd-{i}",
-        "title": f"item {i} (f0 {float(f0):.2f}, f1 {f1[:8]}, f2 {f2[:8]})",
-        "category": f"group-{f3[:8]}",
-        "attributes": {"feature_0": f"{float(f0):.3f}", "feature_1": f1[:8], "feature_2": f2[:8]},
+        "title": f"item {i}",
+        "category": f"group-{f3[:HASH_CHARS]}",
+        "attributes": {"feature_0": f"{float(f0):.2f}", "feature_1": f1[:HASH_CHARS],
+                       "feature_2": f2[:HASH_CHARS]},
     }
 
 
@@ -254,6 +260,10 @@ def build_obp_cases(wheel: Path) -> list[dict]:
         catalogue = _csv(zf, "random/all/item_context.csv")
         logs = {policy: _csv(zf, f"{policy}/all/all.csv") for policy in OBP_LOGS}
     items = {int(r["item_id"]): obp_item(r) for r in catalogue}
+    for j in (1, 2, 3):
+        values = {r[f"item_feature_{j}"] for r in catalogue}
+        if len({v[:HASH_CHARS] for v in values}) != len(values):
+            raise SystemExit(f"item_feature_{j}: {HASH_CHARS} hex digits no longer tell values apart")
     if sorted(items) != list(range(N_ITEMS)):
         raise SystemExit(f"expected items 0..{N_ITEMS - 1}, got {len(items)}")
     rows = [(r["timestamp"], policy, int(r[""]), r) for policy, rs in logs.items() for r in rs]
