@@ -196,3 +196,9 @@ def test_cli_recommend_health_and_json(pointwise_server):
     assert out.returncode == 0 and out.stdout.strip() == "SERVING"
     out = _cli("recommend", "--target", target, "--query", "x", "-k", "0")
     assert out.returncode == 2 and "INVALID_ARGUMENT" in out.stderr and "k:" in out.stderr
+
+
+def test_client_accepts_dns_targets_with_round_robin(pointwise_server):
+    with SlateClient(f"dns:///127.0.0.1:{pointwise_server.grpc_port}") as client:
+        assert client.health() == "SERVING"
+        assert len(client.recommend("casual outfit", k=2, strategy="pointwise").items) == 2

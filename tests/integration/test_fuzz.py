@@ -78,11 +78,12 @@ def check(client: SlateClient, request: pb.RecommendRequest) -> str:
     return "ok"
 
 
-FUZZ = settings(deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+def fuzz(examples: int) -> settings:
+    return settings(deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
+                    max_examples=examples, database=None)
 
 
-@FUZZ
-@settings(max_examples=2000)
+@fuzz(2000)
 @given(request=requests)
 def test_fuzz_pointwise_server(pointwise_server, request):
     with SlateClient(pointwise_server.target) as client:
@@ -90,8 +91,7 @@ def test_fuzz_pointwise_server(pointwise_server, request):
 
 
 @pytest.mark.model
-@FUZZ
-@settings(max_examples=200)
+@fuzz(200)
 @given(request=requests)
 def test_fuzz_model_server(model_server, request):
     with SlateClient(model_server.target) as client:

@@ -449,28 +449,34 @@ def write_plot(report: EvalReport, path: Path | str) -> Path:
     path = Path(path)
     metric, ylabel = (("ndcg", "nDCG@K (binary relevance)") if report.has_relevance
                       else ("mean_score", "mean upstream score of the slate"))
-    fig = Figure(figsize=(7.5, 5.0), dpi=120)
+    points = [(n, s, s.means["ild"], s.means[metric]) for n, s in enumerate(report.summaries, start=1)
+              if not (math.isnan(s.means["ild"]) or math.isnan(s.means[metric]))]
+    fig = Figure(figsize=(8.0, 6.0), dpi=120)
     ax = fig.subplots()
-    plotted = 0
-    for s in report.summaries:
-        x, y = s.means["ild"], s.means[metric]
-        if math.isnan(x) or math.isnan(y):
-            continue
-        marker, colour = ("o", "tab:blue") if s.kind == "service" else ("s", "tab:orange")
-        if s.kind == "service" and s.name.startswith("model"):
-            colour = "tab:red"
-        ax.scatter([x], [y], marker=marker, s=60, color=colour, zorder=3)
-        ax.annotate(s.name, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=8)
-        plotted += 1
+    colours = matplotlib.colormaps["tab10"]
+    for n, s, x, y in points:
+        ax.scatter([x], [y], marker="o" if s.kind == "service" else "s", s=70, zorder=3,
+                   color=colours((n - 1) % 10), edgecolors="black", linewidths=0.5,
+                   label=f"{n}  {s.name}")
+    # Strategies that land on the same spot (e.g. every row served pointwise)
+    # share one annotation instead of overprinting each other.
+    spots: dict[tuple[float, float], list[int]] = {}
+    for n, _s, x, y in points:
+        spots.setdefault((round(x, 4), round(y, 4)), []).append(n)
+    for (x, y), numbers in spots.items():
+        ax.annotate(",".join(map(str, numbers)), (x, y), textcoords="offset points",
+                    xytext=(7, 6), fontsize=9, fontweight="bold")
     ax.set_xlabel("intra-list diversity (mean pairwise 1 - cosine)")
     ax.set_ylabel(ylabel)
     ax.set_title(f"{report.cases_name}: relevance vs diversity ({len(report.cases)} cases)", fontsize=10)
     ax.grid(True, alpha=0.3)
-    if not plotted:
+    if points:
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, fontsize=8, frameon=False)
+    else:
         ax.text(0.5, 0.5, "no strategy produced a scored slate", ha="center", va="center",
                 transform=ax.transAxes)
-    ax.margins(x=0.25, y=0.15)
+    ax.margins(x=0.2, y=0.2)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     return path
