@@ -63,32 +63,27 @@ def context_vector(request: SlateRequest, snapshot: CatalogueSnapshot, embedder:
 
 def _retrieve(request: SlateRequest, snapshot: CatalogueSnapshot, ctx: np.ndarray,
               top_n: int) -> tuple[list[int], np.ndarray]:
-    scores = snapshot.embeddings @ ctx
-    allowed = np.ones(len(snapshot), dtype=bool)
-    for ex in request.exclude_ids:
-        i = snapshot.index.get(ex)
-        if i is not None:
-            allowed[i] = False
+    excluded = {snapshot.index[e] for e in request.exclude_ids if e in snapshot.index}
     n = max(top_n, request.k)
-    masked = np.where(allowed, scores, -np.inf)
-    order = np.argsort(-masked, kind="stable")
-    chosen = [int(i) for i in order[:n] if allowed[i]]
+    idx, scores = snapshot.retriever.top(ctx, n + len(excluded))
+    chosen = [int(i) for i in idx if int(i) not in excluded][:n]
     # Caps can make the top-N unable to fill K although the catalogue can:
-    # then add each category's best items up to its cap.
+    # then add each category's best items up to its cap (a full scan, but
+    # only for such requests).
     cats = [snapshot.items[i].category for i in chosen]
     if not is_feasible(request.k, *_cat_caps(request, cats)):
+        all_scores = snapshot.embeddings @ ctx
         extra: dict[str, int] = {}
-        taken = set(chosen)
-        for i in order:
+        taken = set(chosen) | excluded
+        for i in np.argsort(-all_scores, kind="stable"):
             i = int(i)
-            if not allowed[i] or i in taken:
+            if i in taken:
                 continue
             cat = snapshot.items[i].category
-            cap = request.cap(cat) or request.k
-            if extra.get(cat, 0) < cap:
+            if extra.get(cat, 0) < (request.cap(cat) or request.k):
                 extra[cat] = extra.get(cat, 0) + 1
                 chosen.append(i)
-    return chosen, scores[chosen]
+    return chosen, (snapshot.embeddings[chosen] @ ctx).astype(np.float32)
 
 
 def _cat_caps(request: SlateRequest, categories: list[str]) -> tuple[list[int], list[int]]:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 from pathlib import Path
+
+# vLLM logs to stdout by default; the tables are the benchmarks' stdout.
+os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tests"))

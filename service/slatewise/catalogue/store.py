@@ -17,6 +17,7 @@ import numpy as np
 
 from slatewise.catalogue.items import CatalogueItem
 from slatewise.embeddings import Embedder
+from slatewise.retrieval import Retriever
 
 
 @dataclass(frozen=True, eq=False)
@@ -29,9 +30,13 @@ class CatalogueSnapshot:
     # Lazily built per-version artefacts (e.g. the model's context).
     derived: dict[str, Any] = field(default_factory=dict, init=False)
 
+    retriever: Retriever = field(init=False)
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "index", {it.id: i for i, it in enumerate(self.items)})
         object.__setattr__(self, "categories", Counter(it.category for it in self.items))
+        # Built here, in the thread that builds the snapshot, never per request.
+        object.__setattr__(self, "retriever", Retriever(self.embeddings))
 
     def __len__(self) -> int:
         return len(self.items)
