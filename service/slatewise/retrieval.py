@@ -15,7 +15,7 @@ import numpy as np
 
 
 class Retriever:
-    def __init__(self, embeddings: np.ndarray, exact_max_items: int = 50_000, nprobe: int = 32,
+    def __init__(self, embeddings: np.ndarray, exact_max_items: int = 50_000, nprobe: int = 64,
                  seed: int = 0) -> None:
         self.embeddings = embeddings
         n, d = embeddings.shape

@@ -29,6 +29,14 @@ from common import start_server, stop_server, table
 LEVELS = [1, 4, 16, 64]
 
 
+def vm_hwm(pid: int) -> int:
+    """Peak resident set of a process over its whole life (Linux VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 class PeakRss:
     def __init__(self, pid: int):
         self.proc = psutil.Process(pid)
@@ -56,6 +64,10 @@ class PeakRss:
     def stop(self):
         self._stop.set()
         self._thread.join()
+        try:  # the kernel's own peak beats any sampling
+            self.server = max(self.server, vm_hwm(self.proc.pid))
+        except OSError:
+            pass
 
 
 def synthetic_catalogue(path: Path, n: int) -> None:
@@ -74,17 +86,53 @@ def synthetic_catalogue(path: Path, n: int) -> None:
                                                "price": f"{rng.randint(10, 300)}.00"}}) + "\n")
 
 
-async def main(rounds_per_level: int, catalogue_items: int) -> None:
+def seed_embedding_cache(catalogue: Path, cache_dir: Path) -> None:
+    """Synthetic item embeddings, written where the server's embedding cache
+    looks: embedding 100k titles with MiniLM takes ~20 min on two cores and
+    says nothing about memory."""
+    import numpy as np
+
+    from slatewise.catalogue.loader import load_jsonl
+    from slatewise.embeddings import EMBEDDED, _resolve, text_key
+
+    keys = [text_key(it.text()) for it in load_jsonl(catalogue)]
+    rng = np.random.default_rng(0)
+    vecs = rng.standard_normal((len(keys), 384), dtype=np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    out = cache_dir / "embeddings" / f"{text_key(_resolve(EMBEDDED))}.npz"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, keys=np.array(keys), vectors=vecs)
+
+
+async def main(rounds_per_level: int, catalogue_items: int, context: str) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="slatewise-bench-"))
+    rows, mem = [], []
+    if rounds_per_level:
+        await throughput(tmp, rounds_per_level, context, rows, mem)
+    if rows:
+        print(table(["load", "requests", "slates/s", "× concurrency 1", "p50 s", "p99 s", "strategies"], rows))
+        print()
+    if catalogue_items:
+        memory_large(tmp, catalogue_items, mem)
+    print(table(["process", "peak RSS"], mem))
+
+
+async def throughput(tmp, rounds_per_level, context, rows, mem):
     from slatewise_client import build_request
     from slatewise_client.loadtest import DEFAULT_QUERIES, run_load
 
-    tmp = Path(tempfile.mkdtemp(prefix="slatewise-bench-"))
-    server = start_server(tmp, "--max-num-seqs", "64", wait_for="slatewise.v1.Model", timeout=600)
+    extra = ["--full-catalogue-context-max-items", "0"] if context == "pool50" else []
+    server = start_server(tmp, "--max-num-seqs", "64", *extra, wait_for="slatewise.v1.Model", timeout=600)
     peak = PeakRss(server.process.pid)
-    rows = []
     try:
         rng = random.Random(0)
-        mix = [build_request(f"{q} #{i}", 10, strategy="model", diversity=rng.choice([0.0, 0.5]))
+        if context == "pool50":
+            from bench_model_path import shared_pool
+            pool = shared_pool()
+        else:
+            pool = ()
+        mix = [build_request(f"{q} #{i}", 10, strategy="model", diversity=rng.choice([0.0, 0.5]),
+                             candidates=pool)
                for i in range(64) for q in DEFAULT_QUERIES]
         rng.shuffle(mix)
         base = None
@@ -100,36 +148,39 @@ async def main(rounds_per_level: int, catalogue_items: int) -> None:
     finally:
         peak.stop()
         stop_server(server)
-    print(table(["load", "requests", "slates/s", "× concurrency 1", "p50 s", "p99 s", "strategies"], rows))
-    print()
-    mem = [["server process (gRPC, catalogue, embeddings; no engine core), embedded catalogue",
-            f"{peak.server / 2**30:.2f} GiB"],
-           ["engine processes (EngineCore + worker), 2 GiB KV cache", f"{peak.engine / 2**30:.2f} GiB"]]
-    if catalogue_items:
-        path = tmp / "synthetic.jsonl"
-        synthetic_catalogue(path, catalogue_items)
-        t0 = time.monotonic()
-        big = start_server(tmp, "--model", "", "--catalogue-path", str(path),
-                           "--cache-dir", str(tmp / "cache"), timeout=3600)
-        started = time.monotonic() - t0
-        peak_big = PeakRss(big.process.pid)
-        try:
-            from slatewise_client import SlateClient
-            with SlateClient(big.target) as client:
-                for q in DEFAULT_QUERIES:
-                    client.recommend(q, k=10, diversity=0.5)
-            time.sleep(0.5)
-        finally:
-            peak_big.stop()
-            stop_server(big)
-        mem.append([f"server process, pointwise only, synthetic {catalogue_items:,}-item catalogue "
-                    f"(start-up incl. embedding: {started:.0f} s)", f"{peak_big.server / 2**30:.2f} GiB"])
-    print(table(["process", "peak RSS"], mem))
+    mem += [["server process (gRPC, catalogue, embeddings; no engine core), embedded catalogue, under load",
+             f"{peak.server / 2**30:.2f} GiB"],
+            ["engine processes (EngineCore + worker), 2 GiB KV cache", f"{peak.engine / 2**30:.2f} GiB"]]
+
+
+def memory_large(tmp, catalogue_items, mem):
+    from slatewise_client import SlateClient
+    from slatewise_client.loadtest import DEFAULT_QUERIES
+
+    path = tmp / "synthetic.jsonl"
+    synthetic_catalogue(path, catalogue_items)
+    seed_embedding_cache(path, tmp / "cache")
+    t0 = time.monotonic()
+    big = start_server(tmp, "--model", "", "--catalogue-path", str(path),
+                       "--cache-dir", str(tmp / "cache"), timeout=3600)
+    started = time.monotonic() - t0
+    try:
+        with SlateClient(big.target) as client:
+            for q in DEFAULT_QUERIES:
+                client.recommend(q, k=10, diversity=0.5)
+        peak = vm_hwm(big.process.pid)
+    finally:
+        stop_server(big)
+    mem.append([f"server process, pointwise only, synthetic {catalogue_items:,}-item catalogue "
+                f"(start-up {started:.0f} s, embeddings pre-seeded)", f"{peak / 2**30:.2f} GiB"])
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=24, help="requests per level (at least 3 x concurrency)")
     parser.add_argument("--catalogue-items", type=int, default=0)
+    parser.add_argument("--context", choices=["catalogue", "pool50"], default="catalogue",
+                        help="the whole catalogue as context (default) or a shared 50-item candidate set")
     args = parser.parse_args()
-    asyncio.run(main(args.requests, args.catalogue_items))
+    print(f"# throughput, context: {args.context}")
+    asyncio.run(main(args.requests, args.catalogue_items, args.context))

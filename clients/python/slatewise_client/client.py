@@ -41,26 +41,23 @@ def _credentials_metadata(token: str | None) -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {token}")] if token else []
 
 
+def _connect(client, api, target, credentials, token, options) -> None:
+    """Channel and stubs, for grpc (sync) or grpc.aio alike."""
+    client.channel = (api.secure_channel(target, credentials, options=options) if credentials
+                      else api.insecure_channel(target, options=options))
+    client._metadata = _credentials_metadata(token)
+    client.slates = pb_grpc.SlateServiceStub(client.channel)
+    client.catalogue = pb_grpc.CatalogueServiceStub(client.channel)
+    client.health_stub = health_pb2_grpc.HealthStub(client.channel)
+
+
 class SlateClient:
     """Blocking client. Use as a context manager or call close()."""
 
-    def __init__(
-        self,
-        target: str,
-        *,
-        credentials: grpc.ChannelCredentials | None = None,
-        token: str | None = None,
-        options: Sequence[tuple[str, object]] = DEFAULT_OPTIONS,
-    ) -> None:
-        self.channel = (
-            grpc.secure_channel(target, credentials, options=options)
-            if credentials
-            else grpc.insecure_channel(target, options=options)
-        )
-        self._metadata = _credentials_metadata(token)
-        self.slates = pb_grpc.SlateServiceStub(self.channel)
-        self.catalogue = pb_grpc.CatalogueServiceStub(self.channel)
-        self.health_stub = health_pb2_grpc.HealthStub(self.channel)
+    def __init__(self, target: str, *, credentials: grpc.ChannelCredentials | None = None,
+                 token: str | None = None,
+                 options: Sequence[tuple[str, object]] = DEFAULT_OPTIONS) -> None:
+        _connect(self, grpc, target, credentials, token, options)
 
     def recommend(self, query: str = "", k: int = 10, *, deadline: float | None = None,
                   request: pb.RecommendRequest | None = None, **kwargs) -> pb.Slate:
@@ -96,23 +93,10 @@ class SlateClient:
 class AsyncSlateClient:
     """asyncio client on grpc.aio. Use as an async context manager."""
 
-    def __init__(
-        self,
-        target: str,
-        *,
-        credentials: grpc.ChannelCredentials | None = None,
-        token: str | None = None,
-        options: Sequence[tuple[str, object]] = DEFAULT_OPTIONS,
-    ) -> None:
-        self.channel = (
-            grpc.aio.secure_channel(target, credentials, options=options)
-            if credentials
-            else grpc.aio.insecure_channel(target, options=options)
-        )
-        self._metadata = _credentials_metadata(token)
-        self.slates = pb_grpc.SlateServiceStub(self.channel)
-        self.catalogue = pb_grpc.CatalogueServiceStub(self.channel)
-        self.health_stub = health_pb2_grpc.HealthStub(self.channel)
+    def __init__(self, target: str, *, credentials: grpc.ChannelCredentials | None = None,
+                 token: str | None = None,
+                 options: Sequence[tuple[str, object]] = DEFAULT_OPTIONS) -> None:
+        _connect(self, grpc.aio, target, credentials, token, options)
 
     async def recommend(self, query: str = "", k: int = 10, *, deadline: float | None = None,
                         request: pb.RecommendRequest | None = None, **kwargs) -> pb.Slate:
