@@ -16,6 +16,7 @@ SCRIPTS = [
     ["bench_decoding_settings.py", "--queries", "24", "-k", "5"],
     ["bench_decoding_cost.py", "--rounds", "30"],
     ["bench_throughput.py", "--catalogue-items", "100000"],
+    ["bench_throughput.py", "--context", "pool50"],
     ["bench_pointwise.py"],
     ["reliability.py"],
 ]
