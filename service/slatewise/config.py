@@ -91,6 +91,7 @@ class Settings(BaseSettings):
     pipeline_parallel_size: int = Field(1, ge=1, description="Pipeline stages (across GPUs or nodes).")
     distributed_executor_backend: Literal["mp", "ray", "uni"] | None = Field(None, description="vLLM executor backend; 'ray' for multi-node.")
     enable_prefix_caching: bool = Field(True, description="Reuse the KV cache of shared prompt prefixes (the catalogue context).")
+    cpu_omp_threads_bind: str | None = Field(None, description="CPU build only: cores the engine binds to (vLLM's VLLM_CPU_OMP_THREADS_BIND, e.g. '0-1' for every core of a 2-core machine); unset = vLLM's default, which keeps one core for the frontend.")
     model_runner: Literal["auto", "v1", "v2"] = Field("auto", description="vLLM model runner; 'auto' asks vLLM (V1 on CPU, V2 on GPUs).")
     warmup: bool = Field(True, description="Run one slate through the engine before reporting SERVING.")
     full_catalogue_context_max_items: int = Field(300, ge=0, description="Catalogues this small are shown whole to the model (shared prefix for every request).")

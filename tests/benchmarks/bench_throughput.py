@@ -104,11 +104,11 @@ def seed_embedding_cache(catalogue: Path, cache_dir: Path) -> None:
     np.savez(out, keys=np.array(keys), vectors=vecs)
 
 
-async def main(rounds_per_level: int, catalogue_items: int, context: str) -> None:
+async def main(rounds_per_level: int, catalogue_items: int, context: str, server_args: list[str]) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="slatewise-bench-"))
     rows, mem = [], []
     if rounds_per_level:
-        await throughput(tmp, rounds_per_level, context, rows, mem)
+        await throughput(tmp, rounds_per_level, context, rows, mem, server_args)
     if rows:
         print(table(["load", "requests", "slates/s", "× concurrency 1", "p50 s", "p99 s", "strategies"], rows))
         print()
@@ -117,12 +117,13 @@ async def main(rounds_per_level: int, catalogue_items: int, context: str) -> Non
     print(table(["process", "peak RSS"], mem))
 
 
-async def throughput(tmp, rounds_per_level, context, rows, mem):
+async def throughput(tmp, rounds_per_level, context, rows, mem, server_args):
     from slatewise_client import build_request
     from slatewise_client.loadtest import DEFAULT_QUERIES, run_load
 
     extra = ["--full-catalogue-context-max-items", "0"] if context == "pool50" else []
-    server = start_server(tmp, "--max-num-seqs", "64", *extra, wait_for="slatewise.v1.Model", timeout=600)
+    server = start_server(tmp, "--max-num-seqs", "64", *extra, *server_args,
+                          wait_for="slatewise.v1.Model", timeout=600)
     peak = PeakRss(server.process.pid)
     try:
         rng = random.Random(0)
@@ -186,6 +187,8 @@ if __name__ == "__main__":
     parser.add_argument("--catalogue-items", type=int, default=0)
     parser.add_argument("--context", choices=["catalogue", "pool50"], default="catalogue",
                         help="the whole catalogue as context (default) or a shared 50-item candidate set")
+    parser.add_argument("--server-arg", action="append", default=[],
+                        help="extra `slatewise serve` flag for the model server (repeatable)")
     args = parser.parse_args()
-    print(f"# throughput, context: {args.context}")
-    asyncio.run(main(args.requests, args.catalogue_items, args.context))
+    print(f"# throughput, context: {args.context}, server flags: {args.server_arg}")
+    asyncio.run(main(args.requests, args.catalogue_items, args.context, args.server_arg))

@@ -100,6 +100,9 @@ class Engine:
         """Blocking: runs in a worker thread."""
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        if self.settings.cpu_omp_threads_bind:
+            # Read by the engine core process, which inherits our environment.
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = self.settings.cpu_omp_threads_bind
         if self.settings.model_runner != "auto":
             os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "1" if self.settings.model_runner == "v2" else "0"
         config = self._engine_args().create_engine_config()
