@@ -49,7 +49,7 @@ class Settings(BaseSettings):
 
     # --- resilience -----------------------------------------------------------
     max_request_seconds: float = Field(30.0, gt=0, description="Longest a request may take; caps the caller's deadline.")
-    deadline_margin_seconds: float = Field(0.03, ge=0, description="Budget kept back from the deadline to finish the slate from the pointwise scorer.")
+    deadline_margin_seconds: float = Field(0.05, ge=0, description="Budget kept back from the deadline to finish the slate from the pointwise scorer.")
     max_inflight_requests: int = Field(512, ge=1, description="Slate requests in flight before new ones get RESOURCE_EXHAUSTED.")
     max_model_inflight: int = Field(64, ge=1, description="Requests on the model path at once; beyond it the request's overload policy applies.")
     circuit_failure_threshold: int = Field(5, ge=1, description="Consecutive model failures that open the circuit breaker.")
