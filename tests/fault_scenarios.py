@@ -11,6 +11,7 @@ import asyncio
 import os
 import random
 import signal
+import threading
 import time
 import urllib.request
 from collections import Counter
@@ -181,3 +182,37 @@ def wait_health(target: str, service: str, status: str, timeout: float) -> float
                 pass
             time.sleep(0.2)
     raise TimeoutError(f"{service!r} not {status} after {timeout}s")
+
+
+@dataclass
+class Drain:
+    slates: list  # complete Slate of every stream that finished
+    errors: list[str]
+    exit_code: int
+    seconds: float  # from SIGTERM to process exit
+
+
+def sigterm_with_streams_in_flight(process, target: str, streams: int, timeout: float = 90.0) -> Drain:
+    """Start `streams` model streams (K=10), SIGTERM the server while they are
+    in flight, wait for them and for the process to exit."""
+    slates, errors = [], []
+
+    def stream(i):
+        try:
+            with SlateClient(target) as client:
+                events = list(client.recommend_stream(f"winter hiking {i}", k=10, strategy="model",
+                                                      deadline=60))
+                slates.append(events[-1].slate)
+        except Exception as exc:  # noqa: BLE001 - reported to the caller
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=stream, args=(i,)) for i in range(streams)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)  # the calls are in flight
+    t0 = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join(60)
+    code = process.wait(timeout)
+    return Drain(slates, errors, code, time.monotonic() - t0)

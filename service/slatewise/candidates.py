@@ -19,6 +19,7 @@ from slatewise.domain import Candidate, SlateRequest
 from slatewise.embeddings import Embedder
 from slatewise.errors import InvalidRequest
 from slatewise.pointwise.select import Limits
+from slatewise.slate_metrics import SlateDiversity, slate_diversity
 
 HISTORY_WEIGHT = 0.5
 
@@ -45,6 +46,11 @@ class CandidateSet:
     @property
     def available_categories(self) -> int:
         return len(self.category_names)
+
+    def diversity_of(self, indices: list[int]) -> SlateDiversity:
+        """Diversity metrics of a slate given as candidate indices."""
+        return slate_diversity(self.embeddings[indices], [self.candidates[i].category for i in indices],
+                               self.available_categories)
 
 
 def context_vector(request: SlateRequest, snapshot: CatalogueSnapshot, embedder: Embedder) -> np.ndarray:

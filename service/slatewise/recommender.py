@@ -26,7 +26,7 @@ from slatewise.model.engine import Engine, EngineRequestError, EngineState, Engi
 from slatewise.pointwise.select import select
 from slatewise.resilience.admission import InflightLimit
 from slatewise.resilience.circuit import CircuitBreaker
-from slatewise.slate_metrics import SlateDiversity, slate_diversity
+from slatewise.slate_metrics import SlateDiversity
 
 log = logging.getLogger(__name__)
 
@@ -109,14 +109,15 @@ class Recommender:
         reason = self._gate(request) if wants_model else FallbackReason.NONE
         decisions: list[Decision] = []
         tokens = 0
-        if wants_model and reason is FallbackReason.NONE:
-            # Hedge: the pointwise slate is computed while the model decodes,
-            # so a fallback at the deadline costs nothing.
-            hedge = asyncio.create_task(asyncio.to_thread(self._pointwise, cset, request, ()))
-            queue: asyncio.Queue = asyncio.Queue()
-            producer = asyncio.create_task(self._produce(cset, request, arrived, budget_end, queue))
-            loop = asyncio.get_running_loop()
-            try:
+        hedge = producer = None
+        try:
+            if wants_model and reason is FallbackReason.NONE:
+                # Hedge: the pointwise slate is computed while the model
+                # decodes, so a fallback at the deadline costs nothing.
+                hedge = asyncio.create_task(asyncio.to_thread(self._pointwise, cset, request, ()))
+                queue: asyncio.Queue = asyncio.Queue()
+                producer = asyncio.create_task(self._produce(cset, request, arrived, budget_end, queue))
+                loop = asyncio.get_running_loop()
                 while True:
                     # The caller's budget is watched here, not only in the
                     # producer: its clean-up (aborting the engine request)
@@ -136,31 +137,26 @@ class Recommender:
                     yield item
                 if len(decisions) == request.k and random.random() < self.settings.shadow_rate:
                     self._shadow(cset, decisions, await hedge)
-                if not decisions:
-                    fallback = await hedge
-                    for index in fallback:
-                        decision = _decide(cset, index, Source.FALLBACK, arrived)
-                        decisions.append(decision)
-                        yield decision
-            finally:
-                # A caller who cancels must not leave a request in the engine.
-                producer.cancel()
-                hedge.cancel()
-        if len(decisions) < request.k:
-            picked = [d.candidate for d in decisions]
-            for index in self._pointwise(cset, request, picked)[len(picked):]:
-                decision = _decide(cset, index, Source.FALLBACK, arrived)
-                decisions.append(decision)
-                yield decision
+            if len(decisions) < request.k:
+                picked = [d.candidate for d in decisions]
+                # Nothing committed: the hedged slate is the answer, ready-made.
+                fill = await hedge if hedge is not None and not picked else \
+                    self._pointwise(cset, request, picked)
+                for index in fill[len(picked):]:
+                    decision = _decide(cset, index, Source.FALLBACK, arrived)
+                    decisions.append(decision)
+                    yield decision
+        finally:
+            # A caller who cancels must not leave a request in the engine.
+            for task in (producer, hedge):
+                if task is not None:
+                    task.cancel()
         yield self._outcome(cset, decisions, request, reason, arrived, tokens)
 
     def _shadow(self, cset: CandidateSet, decisions: list[Decision], pointwise: list[int]) -> None:
         """What the model bought over the pointwise slate for this very request."""
         ours = [d.candidate for d in decisions]
-        a = slate_diversity(cset.embeddings[ours], [cset.candidates[i].category for i in ours],
-                            cset.available_categories)
-        b = slate_diversity(cset.embeddings[pointwise], [cset.candidates[i].category for i in pointwise],
-                            cset.available_categories)
+        a, b = cset.diversity_of(ours), cset.diversity_of(pointwise)
         m = self.metrics
         m.shadow_comparisons.inc()
         m.shadow_diversity_delta.labels("intra_list_diversity").observe(a.intra_list_diversity - b.intra_list_diversity)
@@ -216,7 +212,7 @@ class Recommender:
                 reason = FallbackReason.ENGINE_DEAD if exc.dead else FallbackReason.ENGINE_ERROR
                 queue.put_nowait(_ModelStopped(reason, committed))
                 return
-            except Exception as exc:  # noqa: BLE001 - a bug here must not fail the caller
+            except Exception:  # noqa: BLE001 - a bug here must not fail the caller
                 log.exception("request %s: model path failed", request.request_id)
                 self.circuit.record_failure()
                 queue.put_nowait(_ModelStopped(FallbackReason.ENGINE_ERROR, committed))
@@ -237,10 +233,7 @@ class Recommender:
             strategy = Strategy.POINTWISE
         else:
             strategy = Strategy.FALLBACK
-        idx = [d.candidate for d in decisions]
-        diversity = slate_diversity(
-            cset.embeddings[idx], [cset.candidates[i].category for i in idx], cset.available_categories
-        )
+        diversity = cset.diversity_of([d.candidate for d in decisions])
         total = time.monotonic() - arrived
         first = decisions[0].at if decisions else total
         label = strategy.value

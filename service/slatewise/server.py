@@ -153,8 +153,6 @@ class SlatewiseServer:
                     self.metrics.engine_recovery_seconds.set(took)
                     self.recommender.circuit.reset()
                     log.warning("engine rebuilt in %.1fs", took)
-                else:
-                    self.engine.state = EngineState.DEAD  # try again next round
 
     async def stop(self, grace: float | None = None) -> None:
         await self._set_health(["overall", "slates", "catalogue", "model"], NOT_SERVING)

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import re
-import signal
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -24,9 +22,9 @@ from common import REPO, pct, start_server, stop_server, table
 
 sys.path.insert(0, str(REPO / "tests"))
 from fault_scenarios import (Tally, cancel_mid_stream, closed_loop, kill_engine_core,  # noqa: E402
-                             random_request, scrape, wait_health, wait_unfinished_zero)
+                             random_request, scrape, sigterm_with_streams_in_flight, wait_health,
+                             wait_unfinished_zero)
 
-from slatewise_client import SlateClient  # noqa: E402
 
 MODEL = "slatewise.v1.Model"
 
@@ -94,31 +92,12 @@ async def main() -> None:
         notes.append(f"time to recover the model path after the kill: {recovered:.1f} s "
                      f"(rebuild itself {rebuild:.1f} s; target: start-up + 10 s = {startup + 10:.1f} s)")
 
-        results, errors = [], []
-
-        def stream(i):
-            try:
-                with SlateClient(server.target) as client:
-                    events = list(client.recommend_stream(f"winter hiking {i}", k=10, strategy="model",
-                                                          deadline=60))
-                    results.append(len(events[-1].slate.items))
-            except Exception as exc:  # noqa: BLE001
-                errors.append(repr(exc))
-
-        threads = [threading.Thread(target=stream, args=(i,)) for i in range(8)]
-        for th in threads:
-            th.start()
-        time.sleep(0.3)
-        t0 = time.monotonic()
-        server.process.send_signal(signal.SIGTERM)
-        for th in threads:
-            th.join(60)
-        code = server.process.wait(90)
-        drain = Tally(sent=8, valid=sum(1 for n in results if n == 10))
-        for e in errors:
+        drained = sigterm_with_streams_in_flight(server.process, server.target, 8)
+        drain = Tally(sent=8, valid=sum(1 for slate in drained.slates if len(slate.items) == 10))
+        for e in drained.errors:
             drain.errors[e[:40]] += 1
         rows.append(row("SIGTERM with 8 streams in flight", drain, "SIGTERM",
-                        f"exit code {code} after {time.monotonic() - t0:.1f} s"))
+                        f"exit code {drained.exit_code} after {drained.seconds:.1f} s"))
     finally:
         stop_server(server)
     print(table(["scenario", "requests sent", "faults injected", "valid slates / responses",

@@ -7,17 +7,13 @@ Every response must be a valid slate of exactly K items; nothing may be lost.
 from __future__ import annotations
 
 import asyncio
-import random
-import signal
-import threading
-import time
 
 import pytest
 
 from conftest import start_server, stop_server
 from fault_scenarios import (Tally, cancel_mid_stream, closed_loop, kill_engine_core, random_request,
-                             scrape, wait_health, wait_unfinished_zero)
-from slatewise_client import AsyncSlateClient, SlateClient, build_request
+                             scrape, sigterm_with_streams_in_flight, wait_health, wait_unfinished_zero)
+from slatewise_client import SlateClient
 from slatewise_client.pb import slate_pb2 as pb
 
 pytestmark = pytest.mark.model
@@ -101,27 +97,8 @@ async def test_engine_core_killed_under_load_is_rebuilt(fault_server):
 
 
 def test_sigterm_drains_in_flight_calls_then_exits(fault_server):
-    results, errors = [], []
-
-    def stream(i):
-        try:
-            with SlateClient(fault_server.target) as client:
-                events = list(client.recommend_stream(f"winter hiking {i}", k=10, strategy="model",
-                                                      deadline=60))
-                results.append(events[-1].slate)
-        except Exception as exc:  # noqa: BLE001 - recorded and asserted below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=stream, args=(i,)) for i in range(3)]
-    for t in threads:
-        t.start()
-    time.sleep(0.3)  # the calls are in flight
-    t0 = time.monotonic()
-    fault_server.process.send_signal(signal.SIGTERM)
-    for t in threads:
-        t.join(60)
-    assert not errors, errors
-    assert len(results) == 3 and all(len(s.items) == 10 for s in results)
-    code = fault_server.process.wait(60)
-    assert code == 0
-    assert time.monotonic() - t0 < 60
+    drain = sigterm_with_streams_in_flight(fault_server.process, fault_server.target, 3, timeout=60)
+    assert not drain.errors, drain.errors
+    assert len(drain.slates) == 3 and all(len(s.items) == 10 for s in drain.slates)
+    assert drain.exit_code == 0
+    assert drain.seconds < 60

@@ -143,7 +143,7 @@ class Engine:
         if llm is not None:
             try:
                 await asyncio.wait_for(asyncio.to_thread(llm.shutdown), timeout)
-            except (TimeoutError, Exception):  # noqa: BLE001 - a dead engine may not stop cleanly
+            except Exception:  # noqa: BLE001 - a dead engine may not stop cleanly (or in time)
                 log.warning("engine shutdown did not complete cleanly", exc_info=True)
 
     async def check_health(self) -> bool:
@@ -163,9 +163,13 @@ class Engine:
         return False
 
     async def restart(self, warmup: Callable[[], Awaitable[None]] | None = None) -> bool:
-        """Replace a dead engine with a new one, in this process."""
+        """Replace a dead engine with a new one, in this process. A rebuild
+        that fails leaves the engine DEAD, so the supervisor tries again."""
         await self._close_llm()
-        return await self.start(warmup)
+        if await self.start(warmup):
+            return True
+        self._set_state(EngineState.DEAD)
+        return False
 
     async def shutdown(self) -> None:
         await self._close_llm()
