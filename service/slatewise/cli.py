@@ -1,4 +1,4 @@
-"""`slatewise`: serve, prepare (model + catalogue embeddings), eval (slate quality)."""
+"""`slatewise`: serve, prepare (model + catalogue embeddings), eval (slate quality), train (a slate model from logs)."""
 
 from __future__ import annotations
 
@@ -50,16 +50,20 @@ def _prepare(argv: list[str]) -> int:
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="slatewise", description=__doc__)
-    parser.add_argument("command", choices=["serve", "prepare", "eval"])
+    parser.add_argument("command", choices=["serve", "prepare", "eval", "train"])
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         sys.exit(0 if argv else 2)
     command, rest = argv[0], argv[1:]
-    if command not in ("serve", "prepare", "eval"):
+    if command not in ("serve", "prepare", "eval", "train"):
         parser.error(f"unknown command {command!r}")
     if command == "eval":
         from slatewise.evaluation.cli import main as eval_main
 
         sys.exit(eval_main(rest))
+    if command == "train":
+        from slatewise.training.cli import main as train_main
+
+        sys.exit(train_main(rest))
     logs.configure()
     sys.exit(_serve(rest) if command == "serve" else _prepare(rest))
