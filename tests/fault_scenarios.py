@@ -8,9 +8,12 @@ Every scenario is bounded in request count and time and targets 127.0.0.1.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -216,3 +219,31 @@ def sigterm_with_streams_in_flight(process, target: str, streams: int, timeout: 
         t.join(60)
     code = process.wait(timeout)
     return Drain(slates, errors, code, time.monotonic() - t0)
+
+
+# Runs in its own interpreter: nothing of the caller (grpc threads, a
+# __main__ without an import guard) is copied or re-imported.
+_SPIN = """
+import sys, time
+until = time.monotonic() + float(sys.argv[1])
+x = 0
+while time.monotonic() < until:
+    for _ in range(10_000):
+        x += 1
+"""
+
+
+@contextlib.contextmanager
+def cpu_hog(seconds: float, processes: int | None = None):
+    """A noisy neighbour: `processes` busy processes (default: one per core)
+    competing with the server for the CPU. Each stops by itself after
+    `seconds`; all are ended when the block exits."""
+    procs = [subprocess.Popen([sys.executable, "-c", _SPIN, str(seconds)])
+             for _ in range(processes or os.cpu_count() or 2)]
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            proc.kill()
+        for proc in procs:
+            proc.wait(10)

@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     # --- model path -----------------------------------------------------------
     model: str = Field(EMBEDDED_MODEL, description="Model to serve: the embedded SmolLM2, a local path or a hub id; '' disables the model path.")
     served_model_id: str = Field("", description="Model id reported in responses (default: derived from `model`).")
-    dtype: str = Field("auto", description="vLLM dtype.")
+    dtype: str = Field("auto", description="vLLM dtype; 'auto' = the model's own dtype on GPUs and on CPUs with native bf16 (avx512_bf16/AMX, Arm bf16), float32 on CPUs without it.")
     max_model_len: int = Field(8192, ge=256, description="Context window given to vLLM.")
     enforce_eager: bool = Field(True, description="Skip graph capture/compilation (faster start, CPU default).")
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1, description="Share of device memory (RAM on CPU) vLLM may use; unset = use kv_cache_memory_bytes.")
@@ -91,7 +91,8 @@ class Settings(BaseSettings):
     pipeline_parallel_size: int = Field(1, ge=1, description="Pipeline stages (across GPUs or nodes).")
     distributed_executor_backend: Literal["mp", "ray", "uni"] | None = Field(None, description="vLLM executor backend; 'ray' for multi-node.")
     enable_prefix_caching: bool = Field(True, description="Reuse the KV cache of shared prompt prefixes (the catalogue context).")
-    cpu_omp_threads_bind: str | None = Field(None, description="CPU build only: cores the engine binds to (vLLM's VLLM_CPU_OMP_THREADS_BIND, e.g. '0-1' for every core of a 2-core machine); unset = vLLM's default, which keeps one core for the frontend.")
+    cpu_omp_threads_bind: str | None = Field(None, description="CPU build only: cores the engine binds to (vLLM's VLLM_CPU_OMP_THREADS_BIND, e.g. '0-1' for every core of a 2-core machine); unset = every allowed core but one (vLLM's default) or, under a CPU quota (a Kubernetes limit) smaller than the allowed cores, the quota's whole cores but one.")
+    engine_nice: int = Field(0, ge=0, le=19, description="Niceness of vLLM's engine processes: above 0 the thread that answers callers wins the CPU over the engine on a busy machine (punctual fallbacks; the model then gets little CPU against busy neighbours, see docs/RELIABILITY.md).")
     model_runner: Literal["auto", "v1", "v2"] = Field("auto", description="vLLM model runner; 'auto' asks vLLM (V1 on CPU, V2 on GPUs).")
     warmup: bool = Field(True, description="Run one slate through the engine before reporting SERVING.")
     full_catalogue_context_max_items: int = Field(300, ge=0, description="Catalogues this small are shown whole to the model (shared prefix for every request).")

@@ -178,7 +178,9 @@ class Recommender:
         started = time.monotonic()
         try:
             try:
-                plan = self.composer.plan(cset)
+                # Tokenizing and building the spec take milliseconds of CPU:
+                # off the loop that answers callers.
+                plan = await asyncio.to_thread(self.composer.plan, cset)
             except ContextTooLong as exc:
                 log.info("request %s: %s", request.request_id, exc)
                 self.circuit.record_neutral()

@@ -4,7 +4,8 @@ on loopback, every request accounted for.
     python tests/benchmarks/reliability.py
 
 Scenarios (bounded in count and time, loopback only): deadlines shorter than a
-full slate; overload far beyond the model's in-flight limit (fallback and
+full slate, on a quiet machine and on a busy one (a CPU hog of one busy
+process per core, bounded in time, beside the server); overload far beyond the model's in-flight limit (fallback and
 reject policies); streams cancelled after their first item; the engine core
 killed with SIGKILL under concurrent load; SIGTERM with calls in flight.
 """
@@ -21,12 +22,13 @@ from pathlib import Path
 from common import REPO, pct, start_server, stop_server, table
 
 sys.path.insert(0, str(REPO / "tests"))
-from fault_scenarios import (Tally, cancel_mid_stream, closed_loop, kill_engine_core,  # noqa: E402
-                             random_request, scrape, sigterm_with_streams_in_flight, wait_health,
+from fault_scenarios import (Tally, cancel_mid_stream, closed_loop, cpu_hog,  # noqa: E402
+                             kill_engine_core, random_request, scrape, sigterm_with_streams_in_flight, wait_health,
                              wait_unfinished_zero)
 
 
 MODEL = "slatewise.v1.Model"
+BUSY_REQUESTS = int(sys.argv[1]) if len(sys.argv) > 1 else 1000
 
 
 def row(name, tally: Tally, faults, extra="", deadlines=False):
@@ -53,6 +55,14 @@ async def main() -> None:
                               lambda rng, i: rng.uniform(0.1, 1.5), stream_every=3)
         rows.append(row("deadlines 0.1–1.5 s (K=10), 4 concurrent, every 3rd streamed",
                         t, "deadlines shorter than many slates",
+                        f"strategies: {dict(t.strategies)}", deadlines=True))
+
+        with cpu_hog(900) as hog:
+            t = await closed_loop(server.target, BUSY_REQUESTS, 4,
+                                  lambda rng, i: random_request(rng, i, k=10, strategy="model"),
+                                  lambda rng, i: rng.uniform(0.1, 1.5), stream_every=3, stop_after=800)
+        rows.append(row(f"busy machine ({len(hog)} CPU-hog processes): deadlines 0.1–1.5 s (K=10), "
+                        "4 concurrent, every 3rd streamed", t, "CPU contention, short deadlines",
                         f"strategies: {dict(t.strategies)}", deadlines=True))
 
         t = await closed_loop(server.target, 200, 32,

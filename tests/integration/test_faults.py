@@ -11,8 +11,9 @@ import asyncio
 import pytest
 
 from conftest import start_server, stop_server
-from fault_scenarios import (Tally, cancel_mid_stream, closed_loop, kill_engine_core, random_request,
-                             scrape, sigterm_with_streams_in_flight, wait_health, wait_unfinished_zero)
+from fault_scenarios import (Tally, cancel_mid_stream, closed_loop, cpu_hog, kill_engine_core,
+                             random_request, scrape, sigterm_with_streams_in_flight, wait_health,
+                             wait_unfinished_zero)
 from slatewise_client import SlateClient
 from slatewise_client.pb import slate_pb2 as pb
 
@@ -49,6 +50,23 @@ async def test_deadlines_shorter_than_a_full_slate(fault_server):
     assert tally.errors["DEADLINE_EXCEEDED"] <= 0.05 * tally.sent, tally.errors
     assert tally.reasons["FALLBACK_REASON_DEADLINE"] > 0, tally.reasons
     assert set(tally.strategies) <= {"STRATEGY_MODEL", "STRATEGY_PARTIAL", "STRATEGY_FALLBACK"}
+
+
+async def test_deadlines_hold_on_a_busy_machine(fault_server):
+    """A noisy neighbour on every core (bounded, stops by itself) while
+    deadline-pressed requests run: still only valid slates, nothing lost."""
+    with cpu_hog(120):
+        tally = await closed_loop(
+            fault_server.target, 40, 3,
+            lambda rng, i: random_request(rng, i, k=10, strategy="model"),
+            lambda rng, i: rng.uniform(0.1, 1.5), stream_every=3, stop_after=90)
+    assert tally.sent >= 20, tally
+    assert tally.invalid == 0 and tally.lost == 0, tally
+    # Punctuality under load is a figure of tests/benchmarks/reliability.py;
+    # here a gross failure to answer in time fails the test.
+    assert set(tally.errors) <= {"DEADLINE_EXCEEDED"}, tally.errors
+    assert tally.errors["DEADLINE_EXCEEDED"] <= 0.05 * tally.sent, tally.errors
+    assert max(tally.overshoot) < 0.1, max(tally.overshoot)
 
 
 async def test_overload_falls_back_or_rejects_by_policy(fault_server):

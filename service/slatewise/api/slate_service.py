@@ -50,7 +50,7 @@ class SlateService(pb_grpc.SlateServiceServicer):
                         position += 1
                     else:
                         strategy = event.strategy.value
-                        self._log(req.request_id, method, event)
+                        self._log(req.request_id, method, event, context.time_remaining())
                         yield "slate", event, req.request_id
             except InvalidRequest as exc:
                 code = grpc.StatusCode.INVALID_ARGUMENT
@@ -69,15 +69,16 @@ class SlateService(pb_grpc.SlateServiceServicer):
             self.metrics.inflight.dec()
             self.metrics.requests.labels(method, strategy, code.name).inc()
 
-    def _log(self, request_id: str, method: str, outcome: SlateOutcome) -> None:
-        log.info(
-            "slate served",
-            extra={
-                "request_id": request_id, "method": method, "strategy": outcome.strategy.value,
-                "reason": outcome.reason.value, "latency_s": round(outcome.total, 4),
-                "k": len(outcome.decisions),
-            },
-        )
+    def _log(self, request_id: str, method: str, outcome: SlateOutcome, remaining: float | None) -> None:
+        extra = {
+            "request_id": request_id, "method": method, "strategy": outcome.strategy.value,
+            "reason": outcome.reason.value, "latency_s": round(outcome.total, 4),
+            "k": len(outcome.decisions),
+        }
+        if remaining is not None:
+            # How much of the caller's deadline was left as the slate left us.
+            extra["deadline_slack_s"] = round(remaining, 4)
+        log.info("slate served", extra=extra)
 
     async def Recommend(self, request, context):
         async for kind, event, extra in self._events(request, context, "Recommend"):

@@ -1,0 +1,87 @@
+"""The engine's dtype follows the CPU: float32 without native bf16."""
+
+from __future__ import annotations
+
+import platform
+
+import pytest
+
+from slatewise.model.platform import choose_dtype, cpu_flags, cpu_has_native_bf16
+
+AVX2_ONLY = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse2 avx avx2 fma\n"
+AVX512_BF16 = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n"
+ARM_BF16 = "processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n"
+
+
+def test_flags_are_read_from_cpuinfo():
+    assert cpu_flags(AVX2_ONLY) == {"fpu", "sse2", "avx", "avx2", "fma"}
+    assert "bf16" in cpu_flags(ARM_BF16)
+    assert cpu_flags("") == set()
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86 flag names")
+def test_x86_bf16_needs_avx512_bf16_or_amx():
+    assert not cpu_has_native_bf16(cpu_flags(AVX2_ONLY))
+    assert cpu_has_native_bf16(cpu_flags(AVX512_BF16))
+    assert cpu_has_native_bf16({"avx2", "amx_bf16", "amx_tile"})
+
+
+def test_choice():
+    assert choose_dtype("auto", on_gpu=False, native_bf16=False).dtype == "float32"
+    assert choose_dtype("auto", on_gpu=False, native_bf16=True).dtype == "auto"
+    assert choose_dtype("auto", on_gpu=True, native_bf16=False).dtype == "auto"
+    explicit = choose_dtype("bfloat16", on_gpu=False, native_bf16=False)
+    assert explicit.dtype == "bfloat16" and "--dtype" in explicit.reason
+
+
+def test_this_machine_agrees_with_its_flags():
+    flags = cpu_flags()
+    if not flags:
+        pytest.skip("no /proc/cpuinfo")
+    wanted = {"bf16"} if platform.machine() in ("aarch64", "arm64") else {"avx512_bf16", "amx_bf16"}
+    assert cpu_has_native_bf16() == bool(flags & wanted)
+
+
+def test_cgroup_quota_is_read_from_v2_and_v1(tmp_path):
+    from slatewise.model.platform import cgroup_cpu_quota
+
+    (tmp_path / "cpu.max").write_text("250000 100000\n")
+    assert cgroup_cpu_quota(tmp_path) == 2.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_quota(tmp_path) is None
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("400000")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000")
+    assert cgroup_cpu_quota(v1) == 4.0
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1")
+    assert cgroup_cpu_quota(v1) is None
+
+
+def test_engine_threads_follow_a_small_quota():
+    from slatewise.model.platform import engine_cpu_bind
+
+    many = list(range(64))
+    assert engine_cpu_bind(many, None) is None  # no quota: vLLM's choice
+    assert engine_cpu_bind(many, 64.0) is None
+    assert engine_cpu_bind(many, 4.0) == "0,1,2"  # the quota's cores, one kept for the server
+    assert engine_cpu_bind(many, 1.5) == "0"
+    assert engine_cpu_bind([8, 3, 5], 2.0) == "3"
+
+
+def test_engine_processes_can_be_reniced():
+    import os
+    import subprocess
+    import sys
+
+    from slatewise.model.platform import descendant_pids, lower_priority
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert child.pid in descendant_pids()
+        assert lower_priority([child.pid], 7) == 1
+        assert os.getpriority(os.PRIO_PROCESS, child.pid) == 7
+        assert lower_priority([child.pid], 3) == 0  # never raises priority
+    finally:
+        child.kill()
+        child.wait()
