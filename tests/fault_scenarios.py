@@ -123,6 +123,20 @@ def scrape(metrics_url: str) -> dict[str, float]:
     return out
 
 
+LAG = "slatewise_event_loop_lag_seconds"
+
+
+def loop_lag(metrics_url: str) -> Counter:
+    """Ticks of the server's event loop so far: 'ticks', and '>25ms', '>50ms'
+    (how many ran that much later than asked). Subtract two readings for a
+    scenario's own figures."""
+    m = scrape(metrics_url)
+    ticks = m.get(f"{LAG}_count", 0.0)
+    return Counter({"ticks": ticks,
+                    ">25ms": ticks - m.get(f'{LAG}_bucket{{le="0.025"}}', 0.0),
+                    ">50ms": ticks - m.get(f'{LAG}_bucket{{le="0.05"}}', 0.0)})
+
+
 async def cancel_mid_stream(target: str, n: int) -> int:
     """Start n streams and cancel each right after its first item; returns how
     many were cancelled with at least one item received."""

@@ -25,6 +25,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75
                    1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 UNIT_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 DELTA_BUCKETS = tuple(round(-1 + 0.1 * i, 1) for i in range(21))
+STALL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0)
 TOKEN_BUCKETS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 128)
 CIRCUIT_STATES = {"closed": 0, "half_open": 1, "open": 2}
 
@@ -75,6 +76,13 @@ class Metrics:
             "slatewise_engine_restarts", "Times a dead engine was rebuilt in-process.", registry=r)
         self.engine_recovery_seconds = Gauge(
             "slatewise_engine_recovery_seconds", "Duration of the last engine rebuild (start-up and warm-up).", registry=r)
+        self.event_loop_lag = Histogram(
+            "slatewise_event_loop_lag_seconds",
+            "How late a periodic tick of the server's event loop ran: what any answer waited then.",
+            buckets=STALL_BUCKETS, registry=r)
+        self.gc_pause = Histogram(
+            "slatewise_gc_pause_seconds", "Duration of each garbage collection of the server process.",
+            ["generation"], buckets=STALL_BUCKETS, registry=r)
         self.circuit_state = Gauge(
             "slatewise_circuit_state", "Model circuit breaker: 0 closed, 1 half-open, 2 open.", registry=r)
         self.catalogue_items = Gauge(

@@ -4,7 +4,10 @@ item, prefix cache on vs off, and decoding settings (position bias, diversity).
 Everything is measured in one run, requests one at a time and interleaved
 between the systems compared, so machine noise hits both sides alike.
 
-    python tests/benchmarks/bench_model_path.py [--rounds 30]
+    python tests/benchmarks/bench_model_path.py [--rounds 30] [--server-args "--cpu-omp-threads-bind 0-1"]
+
+--server-args go to the server and to the raw engine alike (both read them
+as settings), so a CPU or engine setting is compared like for like.
 """
 
 from __future__ import annotations
@@ -12,12 +15,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
+import shlex
 import tempfile
 import time
 from pathlib import Path
 
 
-from common import median, pct, start_server, stop_server, table
+from common import machine, median, pct, start_server, stop_server, table
 
 QUERIES = ["casual outfit", "business meeting", "rainy autumn commute", "beach holiday",
            "gym session", "wedding guest", "winter hiking", "first date dinner",
@@ -103,16 +107,17 @@ async def timed_unary(client, request):
     return time.perf_counter() - t0, slate
 
 
-async def main(rounds: int) -> None:
+async def main(rounds: int, server_args: list[str]) -> None:
     from slatewise.config import load_settings
     from slatewise_client import AsyncSlateClient
 
     tmp = Path(tempfile.mkdtemp(prefix="slatewise-bench-"))
     # A 50-item context shared by every request (not the whole catalogue).
-    common_args = ["--full-catalogue-context-max-items", "0"]
+    common_args = ["--full-catalogue-context-max-items", "0", *server_args]
     pool = shared_pool()
     settings = load_settings(common_args)
-    print(f"# model path benchmark: K={K}, 50-item shared context, {rounds} rounds", flush=True)
+    print(f"# model path benchmark: K={K}, 50-item shared context, {rounds} rounds, "
+          f"server args {server_args}\n# machine: {machine()}", flush=True)
 
     results: dict[str, list] = {k: [] for k in ("svc", "raw", "svc_first", "raw_first",
                                                 "tokens", "raw_tokens", "on", "off")}
@@ -184,4 +189,6 @@ async def main(rounds: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=30)
-    asyncio.run(main(parser.parse_args().rounds))
+    parser.add_argument("--server-args", default="", help="extra `slatewise serve` flags for both systems")
+    args = parser.parse_args()
+    asyncio.run(main(args.rounds, shlex.split(args.server_args)))

@@ -16,6 +16,26 @@ sys.path.insert(0, str(REPO / "tests"))
 from conftest import start_server, stop_server  # noqa: E402,F401  (reused: real servers on loopback)
 
 
+def machine() -> str:
+    """The CPU a figure was taken on, for the table header: model, cores, the
+    bf16/AVX-512 flags that decide the engine's dtype, and that dtype."""
+    from slatewise.model.platform import choose_dtype, cpu_flags, cpu_has_native_bf16
+
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = cpu_flags()
+    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    dtype = choose_dtype("auto", on_gpu=False, native_bf16=cpu_has_native_bf16())
+    return (f"{model}, {os.cpu_count()} cores, flags: {' '.join(shown) or 'none of avx2/avx512'}; "
+            f"engine dtype: {dtype.dtype} ({dtype.reason})")
+
+
 def pct(values, q: float) -> float:
     values = sorted(values)
     if not values:

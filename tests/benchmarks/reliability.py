@@ -19,11 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REPO, pct, start_server, stop_server, table
+from common import REPO, machine, pct, start_server, stop_server, table
 
 sys.path.insert(0, str(REPO / "tests"))
 from fault_scenarios import (Tally, cancel_mid_stream, closed_loop, cpu_hog,  # noqa: E402
-                             kill_engine_core, random_request, scrape, sigterm_with_streams_in_flight, wait_health,
+                             kill_engine_core, loop_lag, random_request, scrape, sigterm_with_streams_in_flight, wait_health,
                              wait_unfinished_zero)
 
 
@@ -40,30 +40,38 @@ def row(name, tally: Tally, faults, extra="", deadlines=False):
             tally.lost, extra]
 
 
+async def deadline_pressed(target: str, n: int) -> Tally:
+    return await closed_loop(target, n, 4, lambda rng, i: random_request(rng, i, k=10, strategy="model"),
+                             lambda rng, i: rng.uniform(0.1, 1.5), stream_every=3, stop_after=900)
+
+
+def lag_note(server, before) -> str:
+    lag = loop_lag(server.metrics_url) - before
+    return f"event-loop ticks late by >25 ms: {lag['>25ms']:.0f}, >50 ms: {lag['>50ms']:.0f} of {lag['ticks']:.0f}"
+
+
 async def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="slatewise-reliability-"))
     server = start_server(tmp, "--max-model-inflight", "8", "--engine-health-interval-seconds", "1",
                           "--shutdown-grace-seconds", "30", wait_for=MODEL, timeout=600)
     rows = []
-    notes = []
+    notes = [f"machine: {machine()}"]
     try:
         startup = float(re.search(r"engine ready in ([0-9.]+)s", server.log_tail(10**7)).group(1))
         notes.append(f"engine start-up (build + warm-up) at boot: {startup:.1f} s")
 
-        t = await closed_loop(server.target, 300, 4,
-                              lambda rng, i: random_request(rng, i, k=10, strategy="model"),
-                              lambda rng, i: rng.uniform(0.1, 1.5), stream_every=3)
+        lag = loop_lag(server.metrics_url)
+        t = await deadline_pressed(server.target, 300)
         rows.append(row("deadlines 0.1–1.5 s (K=10), 4 concurrent, every 3rd streamed",
                         t, "deadlines shorter than many slates",
-                        f"strategies: {dict(t.strategies)}", deadlines=True))
+                        f"strategies: {dict(t.strategies)}; {lag_note(server, lag)}", deadlines=True))
 
+        lag = loop_lag(server.metrics_url)
         with cpu_hog(900) as hog:
-            t = await closed_loop(server.target, BUSY_REQUESTS, 4,
-                                  lambda rng, i: random_request(rng, i, k=10, strategy="model"),
-                                  lambda rng, i: rng.uniform(0.1, 1.5), stream_every=3, stop_after=800)
+            t = await deadline_pressed(server.target, BUSY_REQUESTS)
         rows.append(row(f"busy machine ({len(hog)} CPU-hog processes): deadlines 0.1–1.5 s (K=10), "
                         "4 concurrent, every 3rd streamed", t, "CPU contention, short deadlines",
-                        f"strategies: {dict(t.strategies)}", deadlines=True))
+                        f"strategies: {dict(t.strategies)}; {lag_note(server, lag)}", deadlines=True))
 
         t = await closed_loop(server.target, 200, 32,
                               lambda rng, i: random_request(rng, i, k=8, strategy="model"),
@@ -110,6 +118,18 @@ async def main() -> None:
                         f"exit code {drained.exit_code} after {drained.seconds:.1f} s"))
     finally:
         stop_server(server)
+    # The same busy scenario with the engine's processes reniced: the answering
+    # thread wins the CPU over the engine (and the engine loses it to the hog).
+    niced = start_server(tmp, "--max-model-inflight", "8", "--engine-nice", "10", wait_for=MODEL, timeout=600)
+    try:
+        lag = loop_lag(niced.metrics_url)
+        with cpu_hog(900) as hog:
+            t = await deadline_pressed(niced.target, min(BUSY_REQUESTS, 300))
+        rows.append(row(f"busy machine ({len(hog)} CPU-hog processes), `--engine-nice 10`: same requests",
+                        t, "CPU contention, short deadlines",
+                        f"strategies: {dict(t.strategies)}; {lag_note(niced, lag)}", deadlines=True))
+    finally:
+        stop_server(niced)
     print(table(["scenario", "requests sent", "faults injected", "valid slates / responses",
                  "errors (gRPC status)", "deadline overshoot p99 ms", "overshoot max ms",
                  "lost", "notes"], rows))

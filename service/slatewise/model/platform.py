@@ -59,10 +59,15 @@ def cpu_has_native_bf16(flags: set[str] | None = None) -> bool:
     return any(f in flags for f in wanted)
 
 
-def choose_dtype(requested: str, *, on_gpu: bool, native_bf16: bool | None = None) -> DtypeChoice:
+def choose_dtype(requested: str, *, on_gpu: bool, native_bf16: bool | None = None,
+                 trained: bool = False) -> DtypeChoice:
     """The dtype for the engine: the operator's, or the fastest exact one here."""
     if requested != "auto":
         return DtypeChoice(requested, "set by --dtype")
+    if trained:
+        # vLLM's auto would halve a float32 checkpoint; a model of a few MB
+        # gains no speed from that and its item scores lose precision.
+        return DtypeChoice("float32", "a model trained by slatewise train: float32, as trained")
     if on_gpu:
         return DtypeChoice("auto", "GPU: the model's own dtype")
     if native_bf16 is None:
