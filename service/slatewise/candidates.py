@@ -35,6 +35,8 @@ class CandidateSet:
     category_names: tuple[str, ...]
     caps: tuple[int, ...]  # per category index, 0 = unlimited
     retrieved: bool
+    # Unit text embedding of the query (and context attributes); None without text.
+    query_vector: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.candidates)
@@ -53,11 +55,16 @@ class CandidateSet:
                                self.available_categories)
 
 
-def context_vector(request: SlateRequest, snapshot: CatalogueSnapshot, embedder: Embedder) -> np.ndarray:
+def query_text(request: SlateRequest) -> str:
+    """The request's text: its query, then its context attributes."""
     parts = [request.query.strip()] + [
         f"{k} {v}" for k, v in sorted(request.context_attributes.items())
     ]
-    text = " ".join(p for p in parts if p)
+    return " ".join(p for p in parts if p)
+
+
+def context_vector(request: SlateRequest, snapshot: CatalogueSnapshot, embedder: Embedder) -> np.ndarray:
+    text = query_text(request)
     vec = embedder.encode_query(text) if text else np.zeros(embedder.dim, dtype=np.float32)
     history = [snapshot.index[h] for h in request.history_ids if h in snapshot.index]
     if history:
@@ -129,10 +136,12 @@ def resolve(request: SlateRequest, snapshot: CatalogueSnapshot, embedder: Embedd
             f"no slate of {request.k} items fits the category limits with these candidates",
         )])
     names = tuple(dict.fromkeys(categories))
+    text = query_text(request)
     return CandidateSet(
         request=request, snapshot=snapshot, candidates=cands, embeddings=embs,
         scores=np.asarray(scores, dtype=np.float32), category_index=np.array(cat_idx, dtype=np.int64),
         category_names=names, caps=tuple(caps), retrieved=retrieved,
+        query_vector=embedder.encode_query(text) if text else None,  # cached by context_vector
     )
 
 

@@ -49,7 +49,7 @@ class Settings(BaseSettings):
 
     # --- resilience -----------------------------------------------------------
     max_request_seconds: float = Field(30.0, gt=0, description="Longest a request may take; caps the caller's deadline.")
-    deadline_margin_seconds: float = Field(0.05, ge=0, description="Budget kept back from the deadline to finish the slate from the pointwise scorer.")
+    deadline_margin_seconds: float = Field(0.1, ge=0, description="Budget kept back from the deadline to finish the slate and get it to the caller: the pointwise fill, and the processes on both ends waking up on a busy machine (docs/RELIABILITY.md).")
     max_inflight_requests: int = Field(512, ge=1, description="Slate requests in flight before new ones get RESOURCE_EXHAUSTED.")
     max_model_inflight: int = Field(64, ge=1, description="Requests on the model path at once; beyond it the request's overload policy applies.")
     circuit_failure_threshold: int = Field(5, ge=1, description="Consecutive model failures that open the circuit breaker.")
@@ -79,7 +79,7 @@ class Settings(BaseSettings):
     diversify_method: Literal["dpp", "mmr"] = Field("dpp", description="Re-ranker used when diversity > 0.")
 
     # --- model path -----------------------------------------------------------
-    model: str = Field(EMBEDDED_MODEL, description="Model to serve: the embedded SmolLM2, a local path or a hub id; '' disables the model path.")
+    model: str = Field(EMBEDDED_MODEL, description="Model to serve: the embedded SmolLM2, a local path or a hub id; a directory written by `slatewise train` (manifest.json) is served with item-token prompts; '' disables the model path.")
     served_model_id: str = Field("", description="Model id reported in responses (default: derived from `model`).")
     dtype: str = Field("auto", description="vLLM dtype; 'auto' = the model's own dtype on GPUs and on CPUs with native bf16 (avx512_bf16/AMX, Arm bf16), float32 on CPUs without it.")
     max_model_len: int = Field(8192, ge=256, description="Context window given to vLLM.")
@@ -99,6 +99,8 @@ class Settings(BaseSettings):
     prefix_align_tokens: int = Field(128, ge=1, description="Pad the shared prompt prefix to a multiple of this many tokens (vLLM's KV block size: 128 on CPU) so it is cached whole.")
     relevance_prior: float = Field(2.0, ge=0, description="Default weight of the pointwise score as a logit bias while decoding (per request overridable).")
     diversity_penalty: float = Field(8.0, ge=0, description="Logits subtracted at diversity=1 per unit of max-similarity to chosen items.")
+    trained_relevance_prior: float = Field(0.5, ge=0, description="relevance_prior for a model trained by `slatewise train`: its own ranking is stronger than text similarity, its logits are on a smaller scale (README, Trained models).")
+    trained_diversity_penalty: float = Field(8.0, ge=0, description="diversity_penalty for a model trained by `slatewise train` (README, Trained models).")
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

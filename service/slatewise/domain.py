@@ -24,6 +24,7 @@ class FallbackReason(enum.Enum):
     DEADLINE = "deadline"
     CONTEXT_TOO_LONG = "context_too_long"
     CIRCUIT_OPEN = "circuit_open"
+    UNKNOWN_CANDIDATES = "unknown_candidates"
 
 
 class Source(enum.Enum):

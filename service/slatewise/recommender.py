@@ -21,7 +21,7 @@ from slatewise.config import Settings
 from slatewise.domain import Decision, FallbackReason, SlateRequest, Source, Strategy
 from slatewise.embeddings import Embedder
 from slatewise.metrics import CIRCUIT_STATES, Metrics
-from slatewise.model.composer import ContextTooLong, SlateComposer
+from slatewise.model.composer import CannotPlan, SlateComposer
 from slatewise.model.engine import Engine, EngineRequestError, EngineState, EngineUnavailable
 from slatewise.pointwise.select import select
 from slatewise.resilience.admission import InflightLimit
@@ -181,10 +181,10 @@ class Recommender:
                 # Tokenizing and building the spec take milliseconds of CPU:
                 # off the loop that answers callers.
                 plan = await asyncio.to_thread(self.composer.plan, cset)
-            except ContextTooLong as exc:
+            except CannotPlan as exc:  # context too long, no candidate the model knows
                 log.info("request %s: %s", request.request_id, exc)
                 self.circuit.record_neutral()
-                queue.put_nowait(_ModelStopped(FallbackReason.CONTEXT_TOO_LONG, 0))
+                queue.put_nowait(_ModelStopped(exc.reason, 0))
                 return
             try:
                 async with asyncio.timeout_at(budget_end):
@@ -220,6 +220,11 @@ class Recommender:
                 queue.put_nowait(_ModelStopped(FallbackReason.ENGINE_ERROR, committed))
                 return
             self.circuit.record_success()
+            if committed < request.k:
+                # A trained model offered only the candidates it has tokens for
+                # wrote all it could; the pointwise fill completes the slate.
+                queue.put_nowait(_ModelStopped(FallbackReason.UNKNOWN_CANDIDATES, committed + 1))
+                return
             queue.put_nowait(None)
         finally:
             self.model_slots.release()
@@ -247,7 +252,7 @@ class Recommender:
         return SlateOutcome(
             cset=cset, decisions=tuple(decisions), strategy=strategy, reason=reason,
             diversity=diversity, time_to_first_item=first, total=total,
-            model_id=self.settings.model_id if model_items else "", generated_tokens=tokens,
+            model_id=self.engine.model_id if model_items else "", generated_tokens=tokens,
         )
 
     async def warmup(self) -> None:
@@ -256,7 +261,7 @@ class Recommender:
         It also fills the prefix cache with the catalogue context, so the
         first caller does not pay for it.
         """
-        self.composer.attach_tokenizer(self.engine.tokenizer)
+        self.composer.prepare()
         if not self.settings.warmup:
             return
         snap = self.store.snapshot
@@ -266,8 +271,8 @@ class Recommender:
         plan = self.composer.plan(cset)
         picks = [i async for i in self.composer.compose(
             plan, request_id="warmup", temperature=0.0, seed=None, allow_warming=True)]
-        if len(picks) != request.k:
-            raise RuntimeError(f"warm-up slate has {len(picks)} items, expected {request.k}")
+        if len(picks) != plan.spec.k:
+            raise RuntimeError(f"warm-up slate has {len(picks)} items, expected {plan.spec.k}")
 
 
 

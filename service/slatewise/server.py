@@ -31,6 +31,7 @@ from slatewise.model.composer import SlateComposer
 from slatewise.model.engine import Engine, EngineState
 from slatewise.proto import pb, pb_grpc
 from slatewise.recommender import Recommender
+from slatewise.resilience.stalls import watch_event_loop, watch_gc
 from slatewise.tracing import server_interceptors
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,7 @@ class SlatewiseServer:
         self._server: grpc.aio.Server | None = None
         self._metrics_http = None
         self._engine_task: asyncio.Task | None = None
+        self._lag_task: asyncio.Task | None = None
         self.recommender: Recommender | None = None
 
     async def _set_health(self, names, status) -> None:
@@ -73,6 +75,8 @@ class SlatewiseServer:
         # Fail fast (and name the line) before binding any port.
         items = await asyncio.to_thread(load_jsonl, source)
         embedder = await asyncio.to_thread(Embedder, s.embedding_model, s.embedding_cache_dir)
+        for problem in self.composer.startup_problems(items, s.embedding_model, embedder.dim):
+            log.warning("trained model %s: %s", self.engine.model_id, problem)
         store = await asyncio.to_thread(CatalogueStore, items, embedder)
         self.metrics.set_catalogue(len(store.snapshot), store.snapshot.version, str(source))
         self.recommender = Recommender(s, store, embedder, self.engine, self.composer, self.metrics)
@@ -108,6 +112,8 @@ class SlatewiseServer:
         if self.grpc_port == 0:
             raise RuntimeError(f"cannot bind gRPC on {s.host}:{s.grpc_port}")
         self._metrics_http, self.metrics_port = start_metrics_server(self.metrics, s.metrics_host, s.metrics_port)
+        self._lag_task = asyncio.create_task(watch_event_loop(self.metrics))
+        watch_gc(self.metrics)
         await server.start()
         self._server = server
         await self._set_health(["liveness", "catalogue"], SERVING)
@@ -158,8 +164,9 @@ class SlatewiseServer:
         await self._set_health(["overall", "slates", "catalogue", "model"], NOT_SERVING)
         if self._server is not None:
             await self._server.stop(grace if grace is not None else self.settings.shutdown_grace_seconds)
-        if self._engine_task is not None and not self._engine_task.done():
-            self._engine_task.cancel()
+        for task in (self._engine_task, self._lag_task):
+            if task is not None and not task.done():
+                task.cancel()
         await self.engine.shutdown()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()

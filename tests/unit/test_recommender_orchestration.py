@@ -17,12 +17,15 @@ from slatewise.domain import Candidate, FallbackReason, SlateRequest, Source, St
 from slatewise.metrics import Metrics
 from slatewise.model.composer import ContextTooLong
 from slatewise.model.engine import EngineRequestError, EngineState
+from slatewise.model.plan import UnknownCandidates
 from slatewise.recommender import Overloaded, Recommender, SlateOutcome
 
 N = 12
 
 
 class FakeEngine:
+    model_id = "fake-model"
+
     def __init__(self):
         self.state = EngineState.READY
 
@@ -159,3 +162,19 @@ async def test_overload_policy():
         await _run(rec, _req(reject_on_overload=True))
     assert (await first).strategy is Strategy.MODEL
     assert rec.model_slots.inflight == 0
+
+
+async def test_a_trained_model_short_of_known_candidates_is_filled_pointwise():
+    # The planner offered the model only the candidates it has tokens for (2 < K).
+    out = await _run(_recommender(ScriptedComposer([3, 1])), _req(k=4))
+    assert out.strategy is Strategy.PARTIAL and out.reason is FallbackReason.UNKNOWN_CANDIDATES
+    assert [d.source for d in out.decisions] == [Source.MODEL] * 2 + [Source.FALLBACK] * 2
+    assert out.generated_tokens == 3 and out.model_id == "fake-model"
+    # None known: the planner refuses, the slate is pointwise with the reason.
+    class NoneKnown(ScriptedComposer):
+        def plan(self, cset):
+            raise UnknownCandidates("scripted")
+
+    out = await _run(_recommender(NoneKnown([])), _req())
+    assert out.strategy is Strategy.FALLBACK and out.reason is FallbackReason.UNKNOWN_CANDIDATES
+    assert out.model_id == ""

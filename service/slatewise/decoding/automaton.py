@@ -88,15 +88,17 @@ class SlateSpec:
         )
 
 
-def is_feasible(k: int, categories: Sequence[int], caps: Sequence[int]) -> bool:
-    """Whether K distinct items exist that respect the caps (before any choice)."""
+def capacity(k: int, categories: Sequence[int], caps: Sequence[int]) -> int:
+    """The most distinct items (up to K per category) the caps let a slate hold."""
     counts: dict[int, int] = {}
     for c in categories:
         counts[c] = counts.get(c, 0) + 1
-    capacity = sum(
-        min(n, caps[c] if c < len(caps) and caps[c] > 0 else k) for c, n in counts.items()
-    )
-    return capacity >= k
+    return sum(min(n, caps[c] if c < len(caps) and caps[c] > 0 else k) for c, n in counts.items())
+
+
+def is_feasible(k: int, categories: Sequence[int], caps: Sequence[int]) -> bool:
+    """Whether K distinct items exist that respect the caps (before any choice)."""
+    return capacity(k, categories, caps) >= k
 
 
 class SlateViolation(RuntimeError):

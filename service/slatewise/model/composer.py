@@ -1,46 +1,36 @@
-"""Compose a slate with the model: context, prompt, slate spec, token stream.
+"""Compose a slate with the model: plan (prompt and slate spec), then the token stream.
 
-The model sees a shared catalogue context (the whole catalogue when it is
-small, else the request's candidates) and may only emit handles of the
-request's allowed candidates, under the automaton's constraints. Relevance
+Which planner plans a request depends on the model directory. A general LLM
+sees a shared catalogue context (the whole catalogue when it is small, else
+the request's candidates) as a text listing and may only emit handles of
+the request's allowed candidates (planned here, with :mod:`.prompt`); a
+model trained by ``slatewise train`` is prompted with item tokens
+(:mod:`.item_prompts`). Either way the automaton's constraints, relevance
 (pointwise scores as a z-scored logit prior) and diversity pressure (a
 penalty by max similarity to items already chosen, scaled by the request's
-diversity) are applied inside the engine at every step.
+diversity) are applied inside the engine at every step (:mod:`.plan`).
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
 
 import numpy as np
 
 from slatewise.candidates import CandidateSet
+from slatewise.catalogue.items import CatalogueItem
 from slatewise.config import Settings
-from slatewise.decoding.automaton import SlateSpec, is_feasible
+from slatewise.decoding.automaton import is_feasible
 from slatewise.domain import Candidate
 from slatewise.model.engine import Engine
 from slatewise.model.handles import HandleSet, single_token_handles
+from slatewise.model.item_prompts import ItemPromptPlanner
+from slatewise.model.plan import PRIOR_CLIP, CannotPlan, ContextTooLong, ModelPlan, slate_spec
 from slatewise.model.prompt import ModelContext, PromptBuilder
 
-PRIOR_CLIP = 3.0
+__all__ = ["PRIOR_CLIP", "CannotPlan", "ContextTooLong", "ModelPlan", "SlateComposer"]
 _request_ids = itertools.count()
-
-
-class ContextTooLong(RuntimeError):
-    """The candidate context cannot be shown to the model within its window."""
-
-
-@dataclass(frozen=True)
-class ModelPlan:
-    """Everything needed to run one request through the engine."""
-
-    prompt_tokens: list[int]
-    spec: SlateSpec
-    token_to_candidate: dict[int, int]
-    context: ModelContext
-    allowed: list[int]  # candidate-set indices the model may choose
 
 
 class SlateComposer:
@@ -49,6 +39,27 @@ class SlateComposer:
         self.settings = settings
         self._prompts: PromptBuilder | None = None
         self.handles: HandleSet | None = None
+        # A trained model (the engine found a manifest) is prompted with item tokens.
+        self.items: ItemPromptPlanner | None = None
+        if engine.trained is not None:
+            self.items = ItemPromptPlanner(
+                engine.trained, max_model_len=settings.max_model_len,
+                relevance_prior=settings.trained_relevance_prior,
+                diversity_penalty=settings.trained_diversity_penalty)
+
+    def prepare(self) -> None:
+        """Once the engine is built: the text path needs its tokenizer (a
+        trained model has none; its vocabulary is the manifest's)."""
+        if self.items is None:
+            self.attach_tokenizer(self.engine.tokenizer)
+
+    def startup_problems(self, items: Sequence[CatalogueItem], embedding_model: str, dim: int) -> list[str]:
+        """For a trained model: how the served catalogue and text embeddings
+        differ from those it was trained with (served anyway; see README)."""
+        if self.items is None:
+            return []
+        model = self.items.model
+        return [p for p in (model.catalogue_problem(items), model.embedding_problem(embedding_model, dim)) if p]
 
     def attach_tokenizer(self, tokenizer) -> None:
         self.handles = single_token_handles(tokenizer)
@@ -91,9 +102,16 @@ class SlateComposer:
         return keep
 
     def plan(self, cset: CandidateSet) -> ModelPlan:
-        """Prompt and slate spec for a candidate set. A context too long for the
-        model's window is shrunk to the best candidates by pointwise score
-        (halving until it fits); ContextTooLong if even that fails."""
+        """Prompt and slate spec for a candidate set; CannotPlan (with the
+        fallback reason) when the model cannot take it."""
+        if self.items is not None:
+            return self.items.plan(cset)
+        return self._plan_listing(cset)
+
+    def _plan_listing(self, cset: CandidateSet) -> ModelPlan:
+        """The text listing. A context too long for the model's window is
+        shrunk to the best candidates by pointwise score (halving until it
+        fits); ContextTooLong if even that fails."""
         request = cset.request
         allowed = self._shrunk(cset)
         history = [cset.snapshot.items[cset.snapshot.index[h]].title
@@ -112,28 +130,11 @@ class SlateComposer:
             ctx = self.prompts.context([cset.candidates[i] for i in allowed])
             tokens = self.prompts.prompt_tokens(ctx, request, history)
         handle_tokens = [ctx.handle_token[cset.candidates[i].id] for i in allowed]
-        weight = request.relevance_prior if request.relevance_prior is not None else self.settings.relevance_prior
-        prior: list[float] = []
-        if weight > 0:
-            s = cset.scores[allowed].astype(np.float64)
-            z = (s - s.mean()) / (s.std() + 1e-6) if len(s) > 1 else np.zeros_like(s)
-            prior = np.round(weight * np.clip(z, -PRIOR_CLIP, PRIOR_CLIP), 4).tolist()
-        penalty = request.diversity * self.settings.diversity_penalty
-        similarity: list[float] = []
-        if penalty > 0:
-            e = cset.embeddings[allowed]
-            similarity = np.round(np.clip(e @ e.T, 0.0, 1.0), 4).ravel().tolist()
-        spec = SlateSpec(
-            k=request.k,
-            eos_token_id=self.engine.tokenizer.eos_token_id,
-            handle_tokens=handle_tokens,
-            categories=cset.category_index[allowed].tolist(),
-            category_caps=list(cset.caps),
-            prior=prior,
-            similarity=similarity,
-            diversity_penalty=penalty if similarity else 0.0,
-        )
-        return ModelPlan(tokens, spec, {t: i for t, i in zip(handle_tokens, allowed)}, ctx, allowed)
+        spec = slate_spec(cset, allowed, handle_tokens, k=request.k,
+                          eos_token_id=self.engine.tokenizer.eos_token_id,
+                          default_prior=self.settings.relevance_prior,
+                          diversity_penalty=self.settings.diversity_penalty)
+        return ModelPlan(tokens, spec, {t: i for t, i in zip(handle_tokens, allowed)}, allowed, context=ctx)
 
     # ---- running -----------------------------------------------------------
     async def compose(self, plan: ModelPlan, *, request_id: str, temperature: float,
@@ -142,7 +143,7 @@ class SlateComposer:
         eos = plan.spec.eos_token_id
         engine_id = f"{request_id}-{next(_request_ids)}"
         async for token in self.engine.stream(
-            plan.prompt_tokens, plan.spec, request_id=engine_id,
+            plan.prompt_tokens, plan.spec, prompt_embeds=plan.prompt_embeds, request_id=engine_id,
             temperature=temperature, seed=seed, allow_warming=allow_warming,
         ):
             if token == eos:

@@ -1,7 +1,10 @@
 """vLLM's AsyncLLM behind a narrow interface: start, stream tokens, abort, stop.
 
-Everything above this module speaks in prompt token ids, slate specs and
-committed token ids; nothing else imports vLLM.
+Everything above this module speaks in prompt token ids (or prompt
+embeddings), slate specs and committed token ids; nothing else imports vLLM.
+A model trained by ``slatewise train`` (a directory with a manifest) is
+served without a text tokenizer and with prompt embeddings enabled (its
+query is a soft token).
 
 vLLM's frontend lives on its own thread with its own event loop
 (``slatewise-engine``): request set-up (SamplingParams validation, input
@@ -30,6 +33,7 @@ from typing import Any, TypeVar
 
 from slatewise.config import Settings
 from slatewise.decoding.automaton import SlateSpec
+from slatewise.model.item_prompts import TrainedModel, trained_model_dir
 from slatewise.model.platform import (DtypeChoice, choose_dtype, descendant_pids, engine_cpu_bind,
                                       lower_priority)
 from slatewise.model.prepare import resolve_model
@@ -76,6 +80,23 @@ class Engine:
         self._state_listeners: list[Callable[[EngineState], None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self.trained: TrainedModel | None = None
+        self._trained_error = ""
+        if (trained := trained_model_dir(settings.model)) is not None:
+            try:
+                self.trained = TrainedModel.load(trained)
+            except (OSError, KeyError, ValueError) as exc:
+                # The engine then fails to start: slates are served pointwise.
+                self._trained_error = f"trained model {trained}: {type(exc).__name__}: {exc}"
+                log.error("%s", self._trained_error)
+
+    @property
+    def model_id(self) -> str:
+        """Reported in responses: ``served_model_id``, else the trained model's
+        directory name, else derived from ``model``."""
+        if self.trained is not None and not self.settings.served_model_id:
+            return self.trained.model_id
+        return self.settings.model_id
 
     # ---- the engine's own loop -----------------------------------------------
     def _engine_loop(self) -> asyncio.AbstractEventLoop:
@@ -120,18 +141,25 @@ class Engine:
         from vllm.platforms import current_platform
 
         s = self.settings
-        self.dtype = choose_dtype(s.dtype, on_gpu=not current_platform.is_cpu())
+        if self._trained_error:
+            raise RuntimeError(self._trained_error)
+        self.dtype = choose_dtype(s.dtype, on_gpu=not current_platform.is_cpu(), trained=self.trained is not None)
         log.info("engine dtype %s (%s)", self.dtype.dtype, self.dtype.reason)
         memory = (
             {"gpu_memory_utilization": s.gpu_memory_utilization}
             if s.gpu_memory_utilization is not None
             else {"kv_cache_memory_bytes": s.kv_cache_memory_bytes}
         )
+        trained = (
+            {"skip_tokenizer_init": True, "enable_prompt_embeds": True}
+            if self.trained is not None else {}
+        )
         return AsyncEngineArgs(
             model=resolve_model(s.model, s.model_cache_dir),
-            served_model_name=s.model_id,
+            served_model_name=self.model_id,
             dtype=self.dtype.dtype,
-            max_model_len=s.max_model_len,
+            max_model_len=(min(s.max_model_len, self.trained.max_positions)
+                           if self.trained is not None else s.max_model_len),
             enforce_eager=s.enforce_eager,
             max_num_seqs=s.max_num_seqs,
             tensor_parallel_size=s.tensor_parallel_size,
@@ -141,6 +169,7 @@ class Engine:
             logits_processors=[V1_PROCESSOR],
             disable_log_stats=False,
             **memory,
+            **trained,
         )
 
     def _build(self):
@@ -166,7 +195,8 @@ class Engine:
             # Our only child processes are vLLM's (engine core, workers).
             changed = lower_priority(descendant_pids(), self.settings.engine_nice)
             log.info("engine processes at nice %d (%d changed)", self.settings.engine_nice, changed)
-        return llm, llm.get_tokenizer()
+        # A trained model has no text tokenizer: its vocabulary is the manifest's.
+        return llm, (llm.get_tokenizer() if self.trained is None else None)
 
     async def start(self, warmup: Callable[[], Awaitable[None]] | None = None) -> bool:
         """Build the engine and warm it up; returns whether it became READY."""
@@ -240,8 +270,11 @@ class Engine:
 
     async def stream(self, prompt_tokens: list[int], spec: SlateSpec, *, request_id: str,
                      temperature: float = 0.0, seed: int | None = None,
-                     allow_warming: bool = False) -> AsyncIterator[int]:
+                     allow_warming: bool = False, prompt_embeds=None) -> AsyncIterator[int]:
         """Yield each token the moment the engine commits it.
+
+        ``prompt_embeds`` (an array of one row per prompt position), when
+        given, is the prompt instead of ``prompt_tokens`` (trained models).
 
         The request runs on the engine's loop; tokens cross to the caller's
         loop through a queue. Closing the iterator early (cancel, deadline)
@@ -255,7 +288,8 @@ class Engine:
             raise EngineUnavailable(self.state.value)
         caller = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
-        pump = self._submit(self._pump(self.llm, prompt_tokens, spec, request_id, temperature, seed,
+        prompt = self._prompt(prompt_tokens, prompt_embeds)
+        pump = self._submit(self._pump(self.llm, prompt, spec, request_id, temperature, seed,
                                        lambda item: caller.call_soon_threadsafe(queue.put_nowait, item)))
         try:
             while True:
@@ -283,12 +317,21 @@ class Engine:
             pump.cancel()  # a no-op once it has finished
 
     @staticmethod
-    async def _pump(llm, prompt_tokens: list[int], spec: SlateSpec, request_id: str,
+    def _prompt(prompt_tokens: list[int], prompt_embeds):
+        from vllm.inputs import EmbedsPrompt, TokensPrompt
+
+        if prompt_embeds is None:
+            return TokensPrompt(prompt_token_ids=prompt_tokens)
+        import torch
+
+        return EmbedsPrompt(prompt_embeds=torch.as_tensor(prompt_embeds))  # vLLM casts to the model's dtype
+
+    @staticmethod
+    async def _pump(llm, prompt, spec: SlateSpec, request_id: str,
                     temperature: float, seed: int | None, emit: Callable[[tuple], object]) -> None:
         """On the engine's loop: run one request, emit (tokens, finished) per
         output, or (exception, True). Cancelled, it aborts the request."""
         from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
 
         finished = False
@@ -302,8 +345,7 @@ class Engine:
                 detokenize=False,
                 skip_special_tokens=False,
             )
-            async for out in llm.generate(TokensPrompt(prompt_token_ids=prompt_tokens), params,
-                                          request_id=request_id):
+            async for out in llm.generate(prompt, params, request_id=request_id):
                 finished = out.finished
                 emit((list(out.outputs[0].token_ids), finished))
             if not finished:

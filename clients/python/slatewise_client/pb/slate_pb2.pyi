@@ -26,6 +26,7 @@ class FallbackReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FALLBACK_REASON_DEADLINE: _ClassVar[FallbackReason]
     FALLBACK_REASON_CONTEXT_TOO_LONG: _ClassVar[FallbackReason]
     FALLBACK_REASON_CIRCUIT_OPEN: _ClassVar[FallbackReason]
+    FALLBACK_REASON_UNKNOWN_CANDIDATES: _ClassVar[FallbackReason]
 
 class OverloadPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -52,6 +53,7 @@ FALLBACK_REASON_OVERLOAD: FallbackReason
 FALLBACK_REASON_DEADLINE: FallbackReason
 FALLBACK_REASON_CONTEXT_TOO_LONG: FallbackReason
 FALLBACK_REASON_CIRCUIT_OPEN: FallbackReason
+FALLBACK_REASON_UNKNOWN_CANDIDATES: FallbackReason
 OVERLOAD_POLICY_UNSPECIFIED: OverloadPolicy
 OVERLOAD_POLICY_FALLBACK: OverloadPolicy
 OVERLOAD_POLICY_REJECT: OverloadPolicy
