@@ -71,11 +71,9 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import io
 import json
 import random
-import subprocess
 import sys
 import tempfile
 import zipfile
@@ -83,6 +81,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from wheels import check_wheel, fetch_wheel  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 OUTFIT_FILE = HERE / "outfit_cases.jsonl"
@@ -222,18 +223,6 @@ def build_outfit_cases(embedder) -> list[dict]:
 
 # ---- Open Bandit Dataset ------------------------------------------------------------
 
-def fetch_obp_wheel(dest: Path) -> Path:
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-                    OBP_REQUIREMENT, "-d", str(dest)], check=True)
-    return dest / OBP_WHEEL
-
-
-def check_wheel(path: Path) -> None:
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if digest != OBP_WHEEL_SHA256:
-        raise SystemExit(f"{path}: sha256 {digest} is not the expected {OBP_WHEEL_SHA256}")
-
-
 def _csv(zf: zipfile.ZipFile, name: str) -> list[dict]:
     with zf.open(f"{OBP_DIR}/{name}") as f:
         return list(csv.DictReader(io.TextIOWrapper(f, encoding="utf-8")))
@@ -255,7 +244,7 @@ def obp_item(row: dict) -> dict:
 
 
 def build_obp_cases(wheel: Path) -> list[dict]:
-    check_wheel(wheel)
+    check_wheel(wheel, OBP_WHEEL_SHA256)
     with zipfile.ZipFile(wheel) as zf:
         catalogue = _csv(zf, "random/all/item_context.csv")
         logs = {policy: _csv(zf, f"{policy}/all/all.csv") for policy in OBP_LOGS}
@@ -324,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             cases = build_obp_cases(args.obp_wheel)
         else:
             with tempfile.TemporaryDirectory() as tmp:
-                cases = build_obp_cases(fetch_obp_wheel(Path(tmp)))
+                cases = build_obp_cases(fetch_wheel(OBP_REQUIREMENT, OBP_WHEEL, Path(tmp)))
         write_jsonl(args.out_dir / OBP_FILE.name, cases)
     # Everything written must load with the evaluator's own validation.
     from slatewise.evaluation.cases import load_cases

