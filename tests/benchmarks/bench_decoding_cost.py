@@ -15,10 +15,11 @@ import asyncio
 import time
 
 from bench_model_path import RawEngine, requests, shared_pool
-from common import median, table
+from common import machine, median, table
 
 
 async def main(rounds: int) -> None:
+    print(f"# machine: {machine()}")
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
     from vllm.sampling_params import RequestOutputKind

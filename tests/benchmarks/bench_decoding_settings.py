@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import median, start_server, stop_server, table
+from common import machine, median, start_server, stop_server, table
 
 QUERIES = ["casual outfit", "business meeting", "rainy autumn commute", "beach holiday",
            "gym session", "wedding guest", "winter hiking", "first date dinner",
@@ -93,6 +93,7 @@ def main(n_queries: int, k: int) -> None:
     finally:
         stop_server(server)
     print(f"# decoding settings: K={k}, {n_queries} queries, retrieval top-50 of the embedded catalogue")
+    print(f"# machine: {machine()}")
     print(table(["setting", "listing adjacency", "mean listed position (0..1)", "ILD", "category coverage", "redundancy",
                  "mean pointwise score", "p50 latency s"], rows))
 

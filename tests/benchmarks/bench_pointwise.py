@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from common import median, pct, table
+from common import machine, median, pct, table
 
 D = 384
 
@@ -43,6 +43,7 @@ def timed(fn, repeats):
 
 
 def main(repeats: int, sizes: list[int]) -> None:
+    print(f"# machine: {machine()}")
     from slatewise.retrieval import Retriever
     from slatewise.pointwise.select import Limits, dpp, mmr, top_k
 

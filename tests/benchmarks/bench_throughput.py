@@ -24,7 +24,7 @@ from pathlib import Path
 
 import psutil
 
-from common import start_server, stop_server, table
+from common import machine, start_server, stop_server, table
 
 LEVELS = [1, 4, 16, 64]
 
@@ -191,4 +191,5 @@ if __name__ == "__main__":
                         help="extra `slatewise serve` flag for the model server (repeatable)")
     args = parser.parse_args()
     print(f"# throughput, context: {args.context}, server flags: {args.server_arg}")
+    print(f"# machine: {machine()}")
     asyncio.run(main(args.requests, args.catalogue_items, args.context, args.server_arg))

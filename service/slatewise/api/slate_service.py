@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 
@@ -81,9 +82,13 @@ class SlateService(pb_grpc.SlateServiceServicer):
         log.info("slate served", extra=extra)
 
     async def Recommend(self, request, context):
-        async for kind, event, extra in self._events(request, context, "Recommend"):
-            if kind == "slate":
-                return convert.slate(event, extra)
+        # Closed before the answer leaves: the request's bookkeeping (in-flight
+        # count, request metrics) is done by then, not whenever the abandoned
+        # generator happens to be finalized.
+        async with contextlib.aclosing(self._events(request, context, "Recommend")) as events:
+            async for kind, event, extra in events:
+                if kind == "slate":
+                    return convert.slate(event, extra)
         raise AssertionError("the recommender always ends with an outcome")  # pragma: no cover
 
     async def RecommendStream(self, request, context):
