@@ -100,3 +100,43 @@ def test_bad_case_file_and_unreachable_target(tmp_path, capsys):
                "--target", f"127.0.0.1:{free_port()}"])
     assert rc == 1
     assert "cannot reach" in capsys.readouterr().err
+
+
+def test_strategies_select_rows_and_relevant_outside_the_candidates(server, tmp_path, capsys):
+    cand = [{"id": f"x{i}", "title": f"Item {i}", "category": c, "attributes": {"style": "casual"},
+             "score": s} for i, (c, s) in enumerate([("tops", 0.9), ("bottoms", 0.5), ("shoes", 0.4),
+                                                     ("tops", 0.8)])]
+    case = {"id": "r", "context": {"query": "casual day"}, "candidates": cand, "k": 2,
+            "relevant": ["x0", "not-a-candidate"]}
+    path = tmp_path / "cases.jsonl"
+    path.write_text(json.dumps(case) + "\n")
+    rc = main(["--cases", str(path), "--target", server.target, "--plot", str(tmp_path / "r.png"),
+               "--strategies", "pointwise", "local DPP (d=0.5)"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert "Relevant items among the candidates: 1 of 2 (50.0%" in out.out
+    assert _row(out.out, "pointwise")[1] == "pointwise 1"
+    assert _row(out.out, "local DPP (d=0.5)")[1] == "local 1"
+    rows = [line for line in out.out.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 3  # header + the two selected rows
+    assert "model path is not serving" not in out.err  # no model row was asked for
+    rc = main(["--cases", str(path), "--target", server.target, "--plot", str(tmp_path / "r.png"),
+               "--json", "--strategies", "pointwise"])
+    data = json.loads(capsys.readouterr().out)
+    assert [s["name"] for s in data["strategies"]] == ["pointwise"]
+    assert data["candidate_recall"] == 0.5
+    # x0 (relevant) is the best-scored candidate: a hit, but nDCG < 1 because
+    # the ideal slate would also hold the item retrieval missed
+    (summary,) = data["strategies"]
+    assert summary["hit"] == 1.0 and 0 < summary["ndcg"] < 1
+
+
+def test_unknown_strategy_is_a_usage_error_listing_the_valid_ones(capsys):
+    rc = main(["--cases", str(EVAL_DATA / "outfit_cases.jsonl"), "--target", "127.0.0.1:1",
+               "--strategies", "pointwise", "beam search"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "unknown strategy 'beam search'" in err
+    for name in ("'pointwise'", "'pointwise+DPP (d=0.5)'", *(repr(n) for n in MODEL_ROWS),
+                 "'local MMR (d=0.5)'", "'local DPP (d=0.5)'"):
+        assert name in err

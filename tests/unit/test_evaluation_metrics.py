@@ -30,6 +30,7 @@ from slatewise.evaluation.runner import (
     SlateResult,
     default_strategies,
     local_relevance,
+    pick_strategies,
     markdown_table,
     minmax,
     prepare_cases,
@@ -149,7 +150,7 @@ def test_loader_reads_cases_and_skips_blank_lines(tmp_path):
 @pytest.mark.parametrize("bad, message", [
     ("{not json", "not valid JSON"),
     (json.dumps(_case(k=4)), "k is 4 but there are only 3 candidates"),
-    (json.dumps(_case(relevant=["zz"])), "relevant id 'zz' is not among the candidates"),
+    (json.dumps(_case(relevant=["a", "a"])), "relevant lists an id twice"),
     (json.dumps(_case(candidates=[_item("a"), _item("a")])), "duplicate candidate id 'a'"),
     (json.dumps(_case(candidates=[_item("a", score=float("inf"))], k=1, relevant=[])), "score"),
     (json.dumps({**_case(), "extra": 1}), "extra"),
@@ -173,6 +174,19 @@ def test_loader_rejects_duplicate_case_ids_and_empty_files(tmp_path):
         load_cases(_write(tmp_path, [""]))
     with pytest.raises(CaseFileError, match="cannot read"):
         load_cases(tmp_path / "missing.jsonl")
+
+
+def test_relevant_ids_outside_the_candidates_are_allowed_and_count_as_misses(tmp_path):
+    path = _write(tmp_path, [json.dumps(_case(relevant=["a", "zz", "yy"]))])
+    (case,) = load_cases(path)
+    assert case.relevant_in_candidates == 1 and len(case.relevant) == 3
+    (prep,) = prepare_cases([case], FakeEmbedder())
+    q = prep.quality(["a", "b"])
+    # the ideal slate (K=2) puts two relevant items on top; only one is reachable
+    assert q.ndcg == pytest.approx(1 / (1 + 1 / math.log2(3)))
+    assert q.hit == 1.0
+    miss = prep.quality(["b", "c"])
+    assert miss.ndcg == 0.0 and miss.hit == 0.0
 
 
 @pytest.mark.parametrize("name, count, k", [("outfit_cases.jsonl", 30, 5), ("obp_cases.jsonl", 50, 3)])
@@ -282,6 +296,60 @@ def test_summary_and_table():
     data = report.as_dict()
     assert data["strategies"][0]["ndcg"] == 1.0 and data["per_case"][-1]["ndcg"] is None
     json.dumps(data)  # serialisable: NaN became null
+
+
+def test_report_shows_the_share_of_relevant_items_among_the_candidates():
+    cases = [EvalCase.model_validate(_case(id="c1", relevant=["a", "zz"])),
+             EvalCase.model_validate(_case(id="c2", relevant=["b", "c"])),
+             EvalCase.model_validate(_case(id="c3", relevant=[]))]
+    strategies = [LocalStrategy("local DPP (d=0.5)", "dpp", 0.5)]
+    report = EvalReport("cases.jsonl", cases, strategies, [], summarize(strategies, []))
+    assert report.relevant_total == 4 and report.relevant_in_candidates == 3
+    assert report.candidate_recall == pytest.approx(0.75)
+    table = markdown_table(report)
+    assert "Relevant items among the candidates: 3 of 4 (75.0%, the ceiling of any re-ranking)" in table
+    assert "count as misses" in table
+    data = report.as_dict()
+    assert data["relevant"] == 4 and data["relevant_in_candidates"] == 3 and data["candidate_recall"] == 0.75
+    full = EvalReport("x", cases[1:], strategies, [], summarize(strategies, []))
+    assert "2 of 2 (100.0%" in markdown_table(full) and "misses" not in markdown_table(full)
+
+
+def test_pick_strategies_by_row_name_or_key_in_table_order():
+    strategies = default_strategies()
+    names = [s.name for s in strategies]
+    picked = pick_strategies(strategies, ["local DPP (d=0.5)", "POINTWISE", "model+prior"])
+    assert [s.name for s in picked] == [names[0], names[3], names[5]]
+    assert pick_strategies(strategies, ["mmr", "local  mmr (d=0.5)"]) == [strategies[4]]
+    with pytest.raises(ValueError) as err:
+        pick_strategies(strategies, ["pointwise", "nope", "DPP!"])
+    message = str(err.value)
+    assert "unknown strategies 'nope', 'DPP!'" in message
+    for name in names:
+        assert repr(name) in message
+    assert "(model+prior)" in message
+
+
+def test_model_rows_are_labelled_by_the_responses_model_id():
+    case = EvalCase.model_validate(_case())
+    (prep,) = prepare_cases([case], FakeEmbedder())
+    strategies = default_strategies()[:3]
+    results = [
+        SlateResult(case.id, strategies[0].name, ["a", "b"], prep.quality(["a", "b"]), "pointwise"),
+        SlateResult(case.id, strategies[1].name, ["a", "b"], prep.quality(["a", "b"]), "pointwise"),
+        SlateResult(case.id, strategies[2].name, ["b", "a"], prep.quality(["b", "a"]), "model",
+                    model_id="slates-ml100k"),
+    ]
+    report = EvalReport("cases.jsonl", [case], strategies, results, summarize(strategies, results))
+    assert report.summaries[2].model_ids == Counter({"slates-ml100k": 1})
+    assert not report.summaries[0].model_ids
+    table = markdown_table(report)
+    assert "Model rows written by: model_id 'slates-ml100k' (1 slates)." in table
+    assert f"- {strategies[2].name}: service: strategy=MODEL, diversity=0.5, relevance_prior=0; " \
+           "model_id slates-ml100k" in table
+    data = report.as_dict()
+    assert data["strategies"][2]["model_ids"] == {"slates-ml100k": 1}
+    assert data["per_case"][2]["model_id"] == "slates-ml100k" and data["per_case"][0]["model_id"] is None
 
 
 def test_plot_is_a_png(tmp_path):

@@ -37,6 +37,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="relevance_prior of the 'model + prior' strategy (default 2)")
     p.add_argument("--deadline", type=float, default=120.0, metavar="SECONDS",
                    help="deadline of each request (default 120)")
+    p.add_argument("--strategies", nargs="+", action="extend", metavar="NAME",
+                   help="evaluate only these rows: names as in the table (quote them) or their "
+                        "short keys pointwise, pointwise+dpp, model, model+prior, mmr, dpp "
+                        "(default: all)")
     p.add_argument("--token", help="bearer token, if the server requires one")
     p.add_argument("--ca", metavar="PEM", help="CA certificate: connect with TLS")
     return p
@@ -68,12 +72,22 @@ def main(argv: list[str]) -> int:
         print("slatewise eval: --diversity must be between 0 and 1", file=sys.stderr)
         return EXIT_USAGE
 
+    from slatewise.evaluation.runner import default_strategies, pick_strategies
+
+    strategies = default_strategies(args.diversity, args.relevance_prior)
+    if args.strategies:
+        try:
+            strategies = pick_strategies(strategies, args.strategies)
+        except ValueError as exc:
+            print(f"slatewise eval: --strategies: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+
     import grpc
     from slatewise_client import SlateClient
     from slatewise_client.client import tls_credentials
 
     from slatewise.evaluation.cases import CaseFileError, load_cases
-    from slatewise.evaluation.runner import default_strategies, markdown_table, run_eval, write_plot
+    from slatewise.evaluation.runner import markdown_table, run_eval, write_plot
 
     try:
         cases = load_cases(args.cases, limit=args.limit)
@@ -94,12 +108,13 @@ def main(argv: list[str]) -> int:
             model = exc.code().name
         print(f"slatewise eval: {len(cases)} cases from {args.cases} against {args.target} "
               f"(model path: {model})", file=sys.stderr)
-        if model != "SERVING":
+        if model != "SERVING" and any(s.strategy == "model" for s in strategies
+                                      if s.kind == "service"):
             print("slatewise eval: the model path is not serving: model strategies will be "
                   "answered by the pointwise scorer (see the 'served' column)", file=sys.stderr)
         report = run_eval(
             cases, client, _embedder(),
-            strategies=default_strategies(args.diversity, args.relevance_prior),
+            strategies=strategies,
             deadline=args.deadline, cases_name=args.cases.name, progress=_progress,
         )
 
@@ -112,7 +127,10 @@ def main(argv: list[str]) -> int:
     else:
         print(markdown_table(report))
         print(f"\nPlot: {plot_path}")
-    scored = sum(s.cases for s in report.summaries if s.kind == "service")
+    # Failure = no service row scored a slate (or, with only local rows
+    # selected, no local one).
+    kind = "service" if any(s.kind == "service" for s in report.summaries) else "local"
+    scored = sum(s.cases for s in report.summaries if s.kind == kind)
     return EXIT_OK if scored else EXIT_FAILED
 
 

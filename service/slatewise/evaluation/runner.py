@@ -54,6 +54,7 @@ class ServiceStrategy:
     strategy: str  # "pointwise" | "model" | "auto"
     diversity: float = 0.0
     relevance_prior: float | None = None
+    key: str = ""  # a short name --strategies accepts beside the row name
 
     kind = "service"
 
@@ -69,6 +70,7 @@ class LocalStrategy:
     name: str
     method: str  # "mmr" | "dpp"
     diversity: float
+    key: str = ""
 
     kind = "local"
 
@@ -82,15 +84,40 @@ Strategy = ServiceStrategy | LocalStrategy
 
 
 def default_strategies(diversity: float = 0.5, prior: float = 2.0) -> list[Strategy]:
+    """The rows of the report. The model rows are whatever model the server
+    serves (the text LLM or a trained slate model from ``slatewise serve
+    --model DIR``): the report names it by the responses' ``model_id``."""
     d = f"d={diversity:g}"
     return [
-        ServiceStrategy("pointwise", "pointwise", 0.0),
-        ServiceStrategy(f"pointwise+DPP ({d})", "pointwise", diversity),
-        ServiceStrategy(f"model (prior 0, {d})", "model", diversity, 0.0),
-        ServiceStrategy(f"model + prior (relevance_prior={prior:g}, {d})", "model", diversity, prior),
-        LocalStrategy(f"local MMR ({d})", "mmr", diversity),
-        LocalStrategy(f"local DPP ({d})", "dpp", diversity),
+        ServiceStrategy("pointwise", "pointwise", 0.0, key="pointwise"),
+        ServiceStrategy(f"pointwise+DPP ({d})", "pointwise", diversity, key="pointwise+dpp"),
+        ServiceStrategy(f"model (prior 0, {d})", "model", diversity, 0.0, key="model"),
+        ServiceStrategy(f"model + prior (relevance_prior={prior:g}, {d})", "model", diversity, prior,
+                        key="model+prior"),
+        LocalStrategy(f"local MMR ({d})", "mmr", diversity, key="mmr"),
+        LocalStrategy(f"local DPP ({d})", "dpp", diversity, key="dpp"),
     ]
+
+
+def pick_strategies(strategies: Sequence[Strategy], wanted: Sequence[str]) -> list[Strategy]:
+    """The strategies named in ``wanted`` (row names as in the table, or their
+    short keys, case-insensitive), in table order. Raises ValueError naming
+    the unknown ones and listing the valid names."""
+    def norm(text: str) -> str:
+        return " ".join(text.split()).lower()
+
+    by_name: dict[str, Strategy] = {}
+    for s in strategies:
+        by_name[norm(s.name)] = s
+        if s.key:
+            by_name[norm(s.key)] = s
+    unknown = [w for w in wanted if norm(w) not in by_name]
+    if unknown:
+        valid = "; ".join(f"{s.name!r}" + (f" ({s.key})" if s.key else "") for s in strategies)
+        raise ValueError(f"unknown strateg{'ies' if len(unknown) > 1 else 'y'} "
+                         f"{', '.join(repr(u) for u in unknown)}; valid: {valid}")
+    chosen = {id(by_name[norm(w)]) for w in wanted}
+    return [s for s in strategies if id(s) in chosen]
 
 
 # ---- results ------------------------------------------------------------------
@@ -106,12 +133,14 @@ class SlateResult:
     latency_s: float | None = None  # client round trip
     server_s: float | None = None  # Slate.timings.total_seconds
     error: str = ""
+    model_id: str = ""  # Slate.model_id: set when the model wrote items of the slate
 
     def as_dict(self) -> dict:
         out = {
             "case": self.case_id, "strategy": self.strategy, "slate": self.slate,
             "served": self.served, "fallback_reason": self.fallback_reason or None,
             "latency_s": self.latency_s, "server_s": self.server_s, "error": self.error or None,
+            "model_id": self.model_id or None,
         }
         for name in METRIC_NAMES:
             out[name] = _json_float(getattr(self.quality, name)) if self.quality else None
@@ -129,12 +158,13 @@ class StrategySummary:
     means: dict[str, float]
     p50_latency_s: float
     p50_server_s: float
+    model_ids: Counter = field(default_factory=Counter)  # slates per responding model_id
 
     def as_dict(self) -> dict:
         return {
             "name": self.name, "kind": self.kind, "description": self.description,
             "cases": self.cases, "served": dict(self.served),
-            "fallback_reasons": dict(self.fallback_reasons),
+            "fallback_reasons": dict(self.fallback_reasons), "model_ids": dict(self.model_ids),
             **{name: _json_float(v) for name, v in self.means.items()},
             "p50_latency_s": _json_float(self.p50_latency_s),
             "p50_server_s": _json_float(self.p50_server_s),
@@ -298,6 +328,7 @@ def call_service(client, prepared: PreparedCase, strategy: ServiceStrategy, *,
         result.slate = [it.item_id for it in slate.items]
         result.server_s = slate.timings.total_seconds
         result.served = _enum_name(pb.Strategy, slate.strategy, "STRATEGY_")
+        result.model_id = slate.model_id
         if slate.fallback_reason:
             result.fallback_reason = _enum_name(pb.FallbackReason, slate.fallback_reason,
                                                 "FALLBACK_REASON_")
@@ -332,12 +363,30 @@ class EvalReport:
     def has_relevance(self) -> bool:
         return any(c.has_relevance for c in self.cases)
 
+    @property
+    def relevant_total(self) -> int:
+        return sum(len(c.relevant) for c in self.cases)
+
+    @property
+    def relevant_in_candidates(self) -> int:
+        return sum(c.relevant_in_candidates for c in self.cases)
+
+    @property
+    def candidate_recall(self) -> float:
+        """Share of the relevant items that are among their case's candidates:
+        no re-ranking of the candidates can find the rest (NaN without labels)."""
+        total = self.relevant_total
+        return self.relevant_in_candidates / total if total else math.nan
+
     def as_dict(self) -> dict:
         return {
             "cases_file": self.cases_name,
             "cases": len(self.cases),
             "k": sorted({c.k for c in self.cases}),
             "with_relevance": sum(c.has_relevance for c in self.cases),
+            "relevant": self.relevant_total,
+            "relevant_in_candidates": self.relevant_in_candidates,
+            "candidate_recall": _json_float(self.candidate_recall),
             "strategies": [s.as_dict() for s in self.summaries],
             "per_case": [r.as_dict() for r in self.results],
         }
@@ -383,6 +432,7 @@ def summarize(strategies: Sequence[Strategy], results: Sequence[SlateResult]) ->
             cases=len(scored), served=Counter(r.served for r in mine),
             fallback_reasons=Counter(r.fallback_reason for r in mine if r.fallback_reason),
             means=means, p50_latency_s=percentile(latencies, 50), p50_server_s=percentile(server, 50),
+            model_ids=Counter(r.model_id for r in scored if r.model_id),
         ))
     return out
 
@@ -410,6 +460,19 @@ def markdown_table(report: EvalReport) -> str:
         f"Cases: {len(cases)} from {report.cases_name}; K = {k_text}; "
         f"{n_cand:.0f} candidates per case on average; "
         f"{sum(c.has_relevance for c in cases)} list relevant items.",
+    ]
+    if report.relevant_total:
+        lines.append(
+            f"Relevant items among the candidates: {report.relevant_in_candidates} of "
+            f"{report.relevant_total} ({report.candidate_recall:.1%}, the ceiling of any re-ranking)"
+            + ("; the others count as misses for every strategy." if report.candidate_recall < 1 else "."))
+    model_ids = Counter()
+    for s in report.summaries:
+        model_ids.update(s.model_ids)
+    if model_ids:
+        lines.append("Model rows written by: " + ", ".join(
+            f"model_id {m!r} ({n} slates)" for m, n in sorted(model_ids.items())) + ".")
+    lines += [
         "",
         "| strategy | served | nDCG@K | hit rate | ILD | coverage | redundancy | mean score | p50 latency |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
@@ -424,7 +487,9 @@ def markdown_table(report: EvalReport) -> str:
             f"{_fmt(m['mean_score'], '.4g')} | {latency} |"
         )
     lines += ["", "Strategies:"]
-    lines += [f"- {s.name}: {s.description}" for s in report.summaries]
+    lines += [f"- {s.name}: {s.description}"
+              + (f"; model_id {', '.join(sorted(s.model_ids))}" if s.model_ids else "")
+              for s in report.summaries]
     reasons = [(s.name, s.fallback_reasons) for s in report.summaries if s.fallback_reasons]
     if reasons:
         lines += ["", "Fallback reasons:"]
@@ -457,7 +522,7 @@ def write_plot(report: EvalReport, path: Path | str) -> Path:
     for n, s, x, y in points:
         ax.scatter([x], [y], marker="o" if s.kind == "service" else "s", s=70, zorder=3,
                    color=colours((n - 1) % 10), edgecolors="black", linewidths=0.5,
-                   label=f"{n}  {s.name}")
+                   label=f"{n}  {s.name}" + (f" [{', '.join(sorted(s.model_ids))}]" if s.model_ids else ""))
     # Strategies that land on the same spot (e.g. every row served pointwise)
     # share one annotation instead of overprinting each other.
     spots: dict[tuple[float, float], list[int]] = {}
