@@ -27,12 +27,13 @@ HELP = {
     "max_steps": "stop after this many optimiser steps (0 = no limit)",
     "holdout": "each validation user's last N events are held out",
     "patience": "evaluations without a better validation nDCG@10 before stopping",
+    "eval_every": "optimiser steps between validations (0 = at the end of every epoch)",
     "slate_k": "training target: the next K distinct items",
     "max_history": "history items in a prompt",
     "min_rating": "keep rows whose rating (else weight) is at least this; rows with neither are kept",
     "events": "comma-separated event names to keep (rows without an event are then dropped)",
     "device": "auto (the GPU when present, else the CPU), cpu, cuda or cuda:N",
-    "threads": "torch CPU threads (0 = torch's default)",
+    "threads": "torch CPU threads (0 = torch's default, every core; 1 is fastest for small models on a CPU)",
     "max_events_per_user": "newest events kept per user: bounds memory on huge logs",
 }
 
