@@ -5,9 +5,17 @@ Everything is measured in one run, requests one at a time and interleaved
 between the systems compared, so machine noise hits both sides alike.
 
     python tests/benchmarks/bench_model_path.py [--rounds 30] [--server-args "--cpu-omp-threads-bind 0-1"]
+    python tests/benchmarks/bench_model_path.py --model DIR [--catalogue CAT] [--rounds 40]
 
 --server-args go to the server and to the raw engine alike (both read them
 as settings), so a CPU or engine setting is compared like for like.
+
+--model DIR benchmarks a model trained by `slatewise train` (served with
+`--model DIR`, `--catalogue-path CAT` when given): the requests alternate
+between history-only (--history catalogue ids, no query) and query-only
+shapes, the raw engine gets the server planner's prompt (token ids, or
+prompt embeddings with the query's soft token), and the prefix-cache phase
+is skipped (a trained model's prompt is at most ~23 tokens).
 """
 
 from __future__ import annotations
@@ -29,16 +37,40 @@ QUERIES = ["casual outfit", "business meeting", "rainy autumn commute", "beach h
 K = 10
 
 
-def shared_pool(seed: int = 7, n: int = 50) -> list[str]:
+def catalogue_ids(path=None) -> list[str]:
     from slatewise.catalogue.loader import embedded_catalogue_path, load_jsonl
 
-    ids = sorted(it.id for it in load_jsonl(embedded_catalogue_path()))
-    return random.Random(seed).sample(ids, n)
+    return sorted(it.id for it in load_jsonl(Path(path) if path else embedded_catalogue_path()))
 
 
-def requests(pool, rounds, **kw):
+def shared_pool(seed: int = 7, n: int = 50, path=None) -> list[str]:
+    return random.Random(seed).sample(catalogue_ids(path), n)
+
+
+SHAPES = ("history", "query")  # the request shapes of a trained model, alternating
+
+
+def trained_request(i: int, pool, ids, history: int, *, prefix: str = "bench", shape: str = "", **kw):
+    """Request i for a trained model: even i history-only (``history`` random
+    catalogue ids, no query), odd i query-only (or ``shape``); candidates ``pool``."""
     from slatewise_client import build_request
 
+    shape = shape or SHAPES[i % len(SHAPES)]
+    if shape == "history":
+        hist = random.Random(1000 + i).sample(ids, history)
+        return shape, build_request("", K, candidates=pool, history=hist, strategy="model",
+                                    request_id=f"{prefix}-{i}", **kw)
+    query = QUERIES[(i // 2) % len(QUERIES)] + f" #{i}"
+    return shape, build_request(query, K, candidates=pool, strategy="model", request_id=f"{prefix}-{i}", **kw)
+
+
+def requests(pool, rounds, trained=None, **kw):
+    """The LLM path's requests; with ``trained`` = (catalogue ids, history
+    length), a trained model's alternating history-only / query-only ones."""
+    from slatewise_client import build_request
+
+    if trained is not None:
+        return [trained_request(i, pool, *trained, **kw)[1] for i in range(rounds)]
     return [build_request(QUERIES[i % len(QUERIES)] + ("" if i < len(QUERIES) else f" #{i}"), K,
                           candidates=pool, strategy="model", request_id=f"bench-{i}", **kw)
             for i in range(rounds)]
@@ -56,13 +88,14 @@ class RawEngine:
 
         self.settings = settings
         self.embedder = Embedder(settings.embedding_model, settings.embedding_cache_dir)
-        self.store = CatalogueStore(load_jsonl(embedded_catalogue_path()), self.embedder)
+        self.store = CatalogueStore(load_jsonl(settings.catalogue_path or embedded_catalogue_path()),
+                                    self.embedder)
         self.engine = Engine(settings)
         self.composer = SlateComposer(self.engine, settings)
 
     async def start(self):
         self.engine.llm, self.engine.tokenizer = await asyncio.to_thread(self.engine._build)
-        self.composer.attach_tokenizer(self.engine.tokenizer)
+        self.composer.prepare()  # the text path's tokenizer; a trained model has none
 
     def plan(self, request):
         from slatewise.candidates import resolve
@@ -74,16 +107,18 @@ class RawEngine:
 
     async def generate(self, plan, request_id):
         from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
         from vllm.sampling_params import RequestOutputKind
+
+        from slatewise.model.engine import Engine
 
         params = SamplingParams(temperature=0.0, max_tokens=plan.spec.k + 1,
                                 extra_args=plan.spec.to_extra_args(),
                                 output_kind=RequestOutputKind.DELTA, detokenize=False)
         t0 = time.perf_counter()
         first, n = None, 0
-        async for out in self.engine.llm.generate(TokensPrompt(prompt_token_ids=plan.prompt_tokens),
-                                                   params, request_id=request_id):
+        # Token ids, or (a trained model with a query) prompt embeddings, as the server sends them.
+        prompt = Engine._prompt(plan.prompt_tokens, plan.prompt_embeds)
+        async for out in self.engine.llm.generate(prompt, params, request_id=request_id):
             if first is None and out.outputs[0].token_ids:
                 first = time.perf_counter() - t0
             n += len(out.outputs[0].token_ids)
@@ -107,20 +142,28 @@ async def timed_unary(client, request):
     return time.perf_counter() - t0, slate
 
 
-async def main(rounds: int, server_args: list[str]) -> None:
+async def main(rounds: int, server_args: list[str], model: str = "", catalogue: str = "",
+               history: int = 10) -> None:
     from slatewise.config import load_settings
     from slatewise_client import AsyncSlateClient
 
     tmp = Path(tempfile.mkdtemp(prefix="slatewise-bench-"))
     # A 50-item context shared by every request (not the whole catalogue).
     common_args = ["--full-catalogue-context-max-items", "0", *server_args]
-    pool = shared_pool()
+    if model:
+        common_args = [*(["--catalogue-path", catalogue] if catalogue else []), "--model", model, *common_args]
+    pool = shared_pool(path=catalogue or None)
+    trained = (catalogue_ids(catalogue or None), history) if model else None
     settings = load_settings(common_args)
-    print(f"# model path benchmark: K={K}, 50-item shared context, {rounds} rounds, "
-          f"server args {server_args}\n# machine: {machine()}", flush=True)
+    what = (f"trained model {model}, catalogue {catalogue or 'embedded'}, 50 shared candidates, "
+            f"requests alternating history-only ({history} ids) / query-only"
+            if model else "50-item shared context")
+    print(f"# model path benchmark: K={K}, {what}, {rounds} rounds, "
+          f"server args {server_args}\n# machine: {machine(trained=bool(model))}", flush=True)
 
     results: dict[str, list] = {k: [] for k in ("svc", "raw", "svc_first", "raw_first",
                                                 "tokens", "raw_tokens", "on", "off")}
+    by_shape: dict[tuple[str, str], list] = {(w, s): [] for w in ("svc", "raw") for s in SHAPES}
     server_on = start_server(tmp, *common_args, wait_for="slatewise.v1.Model", timeout=600)
     try:
         # Phase 1: the service and a raw engine with the same settings, alternating.
@@ -128,30 +171,40 @@ async def main(rounds: int, server_args: list[str]) -> None:
         await raw.start()
         try:
             async with AsyncSlateClient(server_on.target) as on:
-                for r in requests(pool, 2):  # warm both caches and code paths
-                    await timed_unary(on, r)
+                warm = ([trained_request(20_000 + j, pool, *trained, prefix="warm")[1] for j in range(2)]
+                        if trained else requests(pool, 2))
+                for r in warm:
+                    await timed_unary(on, r)  # warm both caches and code paths
                     await raw.generate(raw.plan(r)[0], f"warm-{r.request_id}")
-                for i, request in enumerate(requests(pool, rounds)):
-                    plan, _ = raw.plan(request)
+                for i, request in enumerate(requests(pool, rounds, trained)):
+                    shape = SHAPES[i % len(SHAPES)]
+                    plan, _ = raw.plan(request)  # validate, embed the query, resolve, plan: not in "raw"
                     for which in ([0, 1] if i % 2 == 0 else [1, 0]):
                         if which == 0:
                             total, slate = await timed_unary(on, request)
                             assert slate.strategy == 2, slate  # STRATEGY_MODEL
                             results["svc"].append(total)
+                            by_shape["svc", shape].append(total)
                             results["tokens"].append(slate.generated_tokens / K)
                         else:
                             total, first, n = await raw.generate(plan, f"raw-{i}")
                             results["raw"].append(total)
+                            by_shape["raw", shape].append(total)
                             results["raw_first"].append(first / total)
                             results["raw_tokens"].append(n / K)
                     # Streaming, on a request not seen before (its own query).
-                    fresh = type(request)()
-                    fresh.CopyFrom(request)
-                    fresh.context.query += " (streamed)"
+                    if trained:
+                        fresh = trained_request(i + 10_000, pool, *trained, prefix="streamed")[1]
+                    else:
+                        fresh = type(request)()
+                        fresh.CopyFrom(request)
+                        fresh.context.query += " (streamed)"
                     total, first, _ = await timed_stream(on, fresh)
                     results["svc_first"].append(first / total)
         finally:
             raw.engine.llm.shutdown()
+        if model:  # no shared context to cache: the prompt is BOS, query, history, SEP
+            raise _SkipPhase2
         # Phase 2: prefix cache on vs off, fresh requests (shared context, new queries).
         server_off = start_server(tmp, *common_args, "--no-enable-prefix-caching",
                                   wait_for="slatewise.v1.Model", timeout=600)
@@ -165,6 +218,8 @@ async def main(rounds: int, server_args: list[str]) -> None:
                         results[key].append((await timed_unary(client, request))[0])
         finally:
             stop_server(server_off)
+    except _SkipPhase2:
+        pass
     finally:
         stop_server(server_on)
 
@@ -183,12 +238,26 @@ async def main(rounds: int, server_args: list[str]) -> None:
         ["prefix cache off, p50 s", median(results["off"])],
         ["prefix cache off / on (p50)", median(results["off"]) / median(results["on"])],
     ]
+    if model:
+        rows = rows[:-3]
+        for shape in SHAPES:
+            s, r = by_shape["svc", shape], by_shape["raw", shape]
+            rows += [[f"{shape}-only requests: service p50 s / raw p50 s / service/raw",
+                      f"{median(s):.3f} / {median(r):.3f} / {median(s) / median(r):.3f}"]]
     print(table(["measure", "value"], rows), flush=True)
+
+
+class _SkipPhase2(Exception):
+    pass
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--server-args", default="", help="extra `slatewise serve` flags for both systems")
+    parser.add_argument("--model", default="", metavar="DIR", help="a model directory written by `slatewise train`")
+    parser.add_argument("--catalogue", default="", metavar="CAT",
+                        help="with --model: the catalogue it was trained on (default: the embedded one)")
+    parser.add_argument("--history", type=int, default=10, help="with --model: history items per history-only request")
     args = parser.parse_args()
-    asyncio.run(main(args.rounds, shlex.split(args.server_args)))
+    asyncio.run(main(args.rounds, shlex.split(args.server_args), args.model, args.catalogue, args.history))

@@ -2,6 +2,7 @@
 peak memory of the server process (without the engine core) and the engine.
 
     python tests/benchmarks/bench_throughput.py [--catalogue-items 100000]
+    python tests/benchmarks/bench_throughput.py --model DIR [--catalogue CAT] [--server-arg=...]
 
 Closed loop (slatewise-client's load generator), strategy MODEL, K=10, the
 default server (whole embedded catalogue as the shared context). Memory is
@@ -9,6 +10,11 @@ the peak RSS sampled every 0.1 s: the server process alone, and the engine's
 processes (EngineCore and its worker) together. With --catalogue-items N a
 pointwise-only server is also started on a synthetic N-item catalogue and its
 peak RSS reported (the 2 GiB target is for 100k items).
+
+--model DIR: a model trained by `slatewise train` (served with `--model DIR`,
+`--catalogue-path CAT` when given); every request has the same 50 catalogue
+items as candidates and is history-only (10 random catalogue ids) or
+query-only, alternating, as in bench_model_path.py --model.
 """
 
 from __future__ import annotations
@@ -104,53 +110,86 @@ def seed_embedding_cache(catalogue: Path, cache_dir: Path) -> None:
     np.savez(out, keys=np.array(keys), vectors=vecs)
 
 
-async def main(rounds_per_level: int, catalogue_items: int, context: str, server_args: list[str]) -> None:
+async def main(rounds_per_level: int, catalogue_items: int, context: str, server_args: list[str],
+               model: str = "", catalogue: str = "", shape: str = "") -> None:
     tmp = Path(tempfile.mkdtemp(prefix="slatewise-bench-"))
     rows, mem = [], []
     if rounds_per_level:
-        await throughput(tmp, rounds_per_level, context, rows, mem, server_args)
+        await throughput(tmp, rounds_per_level, context, rows, mem, server_args, model, catalogue, shape)
     if rows:
-        print(table(["load", "requests", "slates/s", "× concurrency 1", "p50 s", "p99 s", "strategies"], rows))
+        print(table(["load", "requests", "slates/s", "× concurrency 1", "p50 s", "p99 s", "strategies"]
+                    + (["CPU s per slate: server process / engine processes"] if model else []), rows))
         print()
     if catalogue_items:
         memory_large(tmp, catalogue_items, mem)
     print(table(["process", "peak RSS"], mem))
 
 
-async def throughput(tmp, rounds_per_level, context, rows, mem, server_args):
+def cpu_seconds(proc: psutil.Process) -> tuple[float, float]:
+    """CPU time (user + system) of the server process and of its children (the engine)."""
+    t = proc.cpu_times()
+    engine = 0.0
+    for child in proc.children(recursive=True):
+        try:
+            c = child.cpu_times()
+            engine += c.user + c.system
+        except psutil.Error:
+            pass
+    return t.user + t.system, engine
+
+
+async def throughput(tmp, rounds_per_level, context, rows, mem, server_args, model="", catalogue="", shape=""):
     from slatewise_client import build_request
     from slatewise_client.loadtest import DEFAULT_QUERIES, run_load
 
     extra = ["--full-catalogue-context-max-items", "0"] if context == "pool50" else []
+    if model:
+        extra = [*(["--catalogue-path", catalogue] if catalogue else []), "--model", model]
     server = start_server(tmp, "--max-num-seqs", "64", *extra, *server_args,
                           wait_for="slatewise.v1.Model", timeout=600)
     peak = PeakRss(server.process.pid)
     try:
         rng = random.Random(0)
-        if context == "pool50":
+        if model:
+            from bench_model_path import catalogue_ids, shared_pool, trained_request
+            pool = shared_pool(path=catalogue or None)
+            ids = catalogue_ids(catalogue or None)
+            mix = [trained_request(i, pool, ids, 10, shape=shape, diversity=rng.choice([0.0, 0.5]))[1]
+                   for i in range(64 * len(DEFAULT_QUERIES))]
+        elif context == "pool50":
             from bench_model_path import shared_pool
             pool = shared_pool()
         else:
             pool = ()
-        mix = [build_request(f"{q} #{i}", 10, strategy="model", diversity=rng.choice([0.0, 0.5]),
-                             candidates=pool)
-               for i in range(64) for q in DEFAULT_QUERIES]
+        if not model:
+            mix = [build_request(f"{q} #{i}", 10, strategy="model", diversity=rng.choice([0.0, 0.5]),
+                                 candidates=pool)
+                   for i in range(64) for q in DEFAULT_QUERIES]
         rng.shuffle(mix)
         # Warm the shared context into the prefix cache first (not measured):
         # the first request of a new context pays its whole prefill.
         from slatewise_client import SlateClient
         with SlateClient(server.target) as client:
             client.recommend(request=build_request("warm-up", 10, strategy="model", candidates=pool))
-        base = None
+        base, offset = None, 0
         for c in LEVELS:
-            results = await run_load(server.target, mix, requests=max(rounds_per_level, 3 * c),
+            n = max(rounds_per_level, 3 * c)
+            # A trained model: fresh requests at every level (no query embedding
+            # cached by an earlier level); the text path keeps its mix.
+            level_mix = mix[offset:] + mix[:offset] if model else mix
+            offset += n if model else 0
+            cpu0 = cpu_seconds(peak.proc)
+            results = await run_load(server.target, level_mix, requests=n,
                                      duration=300, concurrency=c)
+            cpu1 = cpu_seconds(peak.proc)
             s = results.summary()
             tput = s["throughput_rps"]
             base = base or tput
             rows.append([f"concurrency {c}", s["requests"], tput, tput / base,
                          s["latency_seconds"]["p50"], s["latency_seconds"]["p99"],
-                         json.dumps(s["strategies"])])
+                         json.dumps(s["strategies"])]
+                        + ([f"{(cpu1[0] - cpu0[0]) / s['requests'] * 1000:.1f} ms / "
+                            f"{(cpu1[1] - cpu0[1]) / s['requests'] * 1000:.1f} ms"] if model else []))
     finally:
         peak.stop()
         stop_server(server)
@@ -189,7 +228,18 @@ if __name__ == "__main__":
                         help="the whole catalogue as context (default) or a shared 50-item candidate set")
     parser.add_argument("--server-arg", action="append", default=[],
                         help="extra `slatewise serve` flag for the model server (repeatable)")
+    parser.add_argument("--model", default="", metavar="DIR", help="a model directory written by `slatewise train`")
+    parser.add_argument("--catalogue", default="", metavar="CAT",
+                        help="with --model: the catalogue it was trained on (default: the embedded one)")
+    parser.add_argument("--shape", choices=["history", "query"], default="",
+                        help="with --model: only this request shape (default: alternating)")
     args = parser.parse_args()
-    print(f"# throughput, context: {args.context}, server flags: {args.server_arg}")
-    print(f"# machine: {machine()}")
-    asyncio.run(main(args.requests, args.catalogue_items, args.context, args.server_arg))
+    if args.model:
+        print(f"# throughput, trained model {args.model}, catalogue {args.catalogue or 'embedded'}, "
+              f"50 shared candidates, {args.shape + '-only' if args.shape else 'history-only / query-only'} "
+              f"requests, server flags: {args.server_arg}")
+    else:
+        print(f"# throughput, context: {args.context}, server flags: {args.server_arg}")
+    print(f"# machine: {machine(trained=bool(args.model))}")
+    asyncio.run(main(args.requests, args.catalogue_items, args.context, args.server_arg,
+                     args.model, args.catalogue, args.shape))

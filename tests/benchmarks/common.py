@@ -16,9 +16,10 @@ sys.path.insert(0, str(REPO / "tests"))
 from conftest import start_server, stop_server  # noqa: E402,F401  (reused: real servers on loopback)
 
 
-def machine() -> str:
+def machine(trained: bool = False) -> str:
     """The CPU a figure was taken on, for the table header: model, cores, the
-    bf16/AVX-512 flags that decide the engine's dtype, and that dtype."""
+    bf16/AVX-512 flags that decide the engine's dtype, and that dtype (for a
+    model trained by `slatewise train` when ``trained``)."""
     from slatewise.model.platform import choose_dtype, cpu_flags, cpu_has_native_bf16
 
     model = "unknown CPU"
@@ -31,7 +32,7 @@ def machine() -> str:
         pass
     flags = cpu_flags()
     shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    dtype = choose_dtype("auto", on_gpu=False, native_bf16=cpu_has_native_bf16())
+    dtype = choose_dtype("auto", on_gpu=False, native_bf16=cpu_has_native_bf16(), trained=trained)
     return (f"{model}, {os.cpu_count()} cores, flags: {' '.join(shown) or 'none of avx2/avx512'}; "
             f"engine dtype: {dtype.dtype} ({dtype.reason})")
 
