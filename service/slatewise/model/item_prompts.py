@@ -37,7 +37,7 @@ from slatewise.catalogue.items import CatalogueItem
 from slatewise.decoding.automaton import capacity
 from slatewise.model.plan import ModelPlan, UnknownCandidates, slate_spec
 from slatewise.model.prepare import EMBEDDED_MODEL
-from slatewise.training.manifest import Manifest, catalogue_fingerprint, detect
+from slatewise.training.manifest import Manifest, catalogue_fingerprint, detect, prompt_layout
 
 EMBED_KEY = "model.embed_tokens.weight"
 
@@ -135,12 +135,10 @@ class ItemPromptPlanner:
     def prompt(self, history_ids: Sequence[str], with_query: bool, room: int) -> list[int]:
         """[BOS] [query slot]? history [SEP] with the newest known history
         items that fit ``room`` tokens left for the slate (the slot holds PAD)."""
-        sp = self.model.special
         history = [self.tokens[h] for h in history_ids if h in self.tokens]
         fixed = 2 + int(with_query)
         keep = max(0, min(self.model.max_history, self.max_len - fixed - room))
-        history = history[-keep:] if keep else []
-        return [sp["bos"], *([sp["pad"]] if with_query else []), *history, sp["sep"]]
+        return prompt_layout(history[-keep:] if keep else [], with_query, self.model.special)
 
     def plan(self, cset: CandidateSet) -> ModelPlan:
         request = cset.request

@@ -53,6 +53,7 @@ from torch.utils.data import Dataset
 
 from slatewise.catalogue.items import CatalogueItem
 from slatewise.training.interactions import InteractionLog
+from slatewise.training.manifest import prompt_layout
 
 PAD, BOS, EOS, SEP = 0, 1, 2, 3
 N_SPECIAL = 4  # item i is token N_SPECIAL + i
@@ -203,10 +204,12 @@ class SlateExamples(Dataset):
         return build_example(history, slate, query, self.slate_k, self.history_weight)
 
 
+SPECIAL_TOKENS = {"pad": PAD, "bos": BOS, "eos": EOS, "sep": SEP}
+
+
 def prompt_tokens(history: Sequence[int], with_query: bool) -> list[int]:
-    """The server's prompt: [BOS] [query slot]? history [SEP]; the query slot
-    holds PAD and is replaced by the projected query embedding."""
-    return [BOS, *([PAD] if with_query else []), *(N_SPECIAL + h for h in history), SEP]
+    """The server's prompt (manifest.prompt_layout) for item indices."""
+    return prompt_layout([N_SPECIAL + h for h in history], with_query, SPECIAL_TOKENS)
 
 
 def build_example(history: list[int], slate: list[int], query: np.ndarray | None, k: int,

@@ -36,6 +36,14 @@ def catalogue_fingerprint(items: Sequence[CatalogueItem]) -> str:
     return "sha256:" + h.hexdigest()
 
 
+def prompt_layout(history_tokens: Sequence[int], with_query: bool, special: dict[str, int]) -> list[int]:
+    """The prompt a trained model is trained on and served with:
+    [BOS] [query slot]? history [SEP]. The query slot holds PAD and is
+    replaced by the projected query embedding. One definition, so training
+    and serving cannot drift apart."""
+    return [special["bos"], *([special["pad"]] if with_query else []), *history_tokens, special["sep"]]
+
+
 @dataclass
 class Manifest:
     item_tokens: dict[str, int]  # item id -> token id

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from slatewise.training.data import BOS, EOS, N_SPECIAL, PAD, SEP
+from slatewise.training.data import BOS, EOS, N_SPECIAL, PAD
 
 # In a subdirectory: vLLM loads every top-level *.safetensors as model weights.
 QUERY_PROJECTION_FILE = "slatewise/query_projection.safetensors"

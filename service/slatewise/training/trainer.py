@@ -45,7 +45,7 @@ from slatewise.catalogue.loader import load_jsonl
 from slatewise.evaluation.metrics import METRIC_NAMES, nanmean, ndcg_at_k, slate_quality
 from slatewise.pointwise.select import select
 from slatewise.training.data import (
-    BOS, EOS, N_SPECIAL, PAD, SEP, QueryBank, SlateExamples, Split, collate, prompt_tokens, time_split,
+    N_SPECIAL, SPECIAL_TOKENS, QueryBank, SlateExamples, Split, collate, prompt_tokens, time_split,
 )
 from slatewise.training.interactions import InteractionsError, read_interactions
 from slatewise.training.manifest import MANIFEST_FILE, Manifest, catalogue_fingerprint
@@ -516,7 +516,7 @@ def _train(cfg: TrainConfig, interactions: Path, catalogue: Path, out: Path, emb
         result.table = table
         result.manifest = Manifest(
             item_tokens={it.id: N_SPECIAL + i for i, it in enumerate(items)},
-            special_tokens={"pad": PAD, "bos": BOS, "eos": EOS, "sep": SEP},
+            special_tokens=dict(SPECIAL_TOKENS),
             catalogue_fingerprint=catalogue_fingerprint(items),
             catalogue_items=len(items),
             query_projection=QUERY_PROJECTION_FILE,
