@@ -99,8 +99,9 @@ class Settings(BaseSettings):
     prefix_align_tokens: int = Field(128, ge=1, description="Pad the shared prompt prefix to a multiple of this many tokens (vLLM's KV block size: 128 on CPU) so it is cached whole.")
     relevance_prior: float = Field(2.0, ge=0, description="Default weight of the pointwise score as a logit bias while decoding (per request overridable).")
     diversity_penalty: float = Field(8.0, ge=0, description="Logits subtracted at diversity=1 per unit of max-similarity to chosen items.")
-    trained_relevance_prior: float = Field(0.5, ge=0, description="relevance_prior for a model trained by `slatewise train`: its own ranking is stronger than text similarity, its logits are on a smaller scale (README, Trained models).")
-    trained_diversity_penalty: float = Field(8.0, ge=0, description="diversity_penalty for a model trained by `slatewise train` (README, Trained models).")
+    trained_relevance_prior: float = Field(0.0, ge=0, description="relevance_prior for a model trained by `slatewise train`: its own first-step ranking beat the upstream score fused in on held-out data (docs/QUALITY.md).")
+    trained_dpp_scale: float = Field(0.2, ge=0, description="A trained model's slates are a greedy DPP in the engine with quality weights exp(scale * (1 - diversity) * z(first-step logits)); 0.2 makes diversity 0.5 the setting chosen on validation data (docs/QUALITY.md).")
+    trained_dpp_category_weight: float = Field(0.3, ge=0, le=1, description="Share of 'same category' in a trained model's DPP kernel (the rest is text cosine).")
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

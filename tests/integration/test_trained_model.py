@@ -104,6 +104,55 @@ def test_query_only_and_history_only_requests_get_model_slates(trained_server, m
         _model_written(slate, 5)
 
 
+def test_diversity_is_a_dpp_over_the_models_first_step(trained_server, model_dir):
+    """The served slate is the greedy DPP over the model's own first-step
+    logits (computed here in torch from the model directory) with the
+    category-aware kernel over the server's item embeddings; with diversity 0
+    it is the model's own slate, whose first pick is the same favourite."""
+    import numpy as np
+    import torch
+
+    from slatewise.catalogue.store import CatalogueStore
+    from slatewise.config import load_settings
+    from slatewise.embeddings import Embedder
+    from slatewise.pointwise.select import Limits, dpp
+    from slatewise.training.manifest import Manifest
+    from slatewise.training.model import load_model
+
+    settings = load_settings([])
+    snapshot = CatalogueStore(list(CATALOGUE.values()),
+                              Embedder(settings.embedding_model, settings.embedding_cache_dir)).snapshot
+    manifest = Manifest.load(model_dir)
+    llama = load_model(model_dir).llama.eval()
+    special = manifest.special_tokens
+    a, beta = settings.trained_dpp_category_weight, settings.trained_dpp_scale * 0.5
+    spread = {0.0: 0, 0.5: 0}
+    with SlateClient(trained_server.target) as client:
+        for n, category in enumerate(("tp", "bt", "sh", "ac")):
+            history = [f"{category}-{i:03d}" for i in range(n + 1, n + 4)]
+            candidates = [i for i in CATALOGUE if i not in history][n::3][:40]
+            tokens = [manifest.item_tokens[c] for c in candidates]
+            prompt = [special["bos"], *(manifest.item_tokens[h] for h in history), special["sep"]]
+            with torch.no_grad():
+                logits = llama(torch.tensor([prompt])).logits[0, -1][tokens].numpy()
+            e = snapshot.embeddings[[snapshot.index[c] for c in candidates]]
+            cats = np.array([CATALOGUE[c].category for c in candidates])
+            kernel = (1 - a) * (e @ e.T) + a * (cats[:, None] == cats[None, :])
+            rows = np.linalg.cholesky(kernel + 1e-5 * np.eye(len(candidates))).astype(np.float32)
+            # select.dpp's weights are exp(beta' z(score)) with beta' = 1 - d: d = 1 - beta.
+            expected = [candidates[j] for j in dpp(rows, logits, 6, diversity=1 - beta)]
+            served = {}
+            for diversity in spread:
+                slate = client.recommend(request=build_request(
+                    "", 6, history=history, candidates=candidates, strategy="model", diversity=diversity))
+                served[diversity] = _valid(slate, 6, allowed=set(candidates))
+                _model_written(slate, 6)
+                spread[diversity] += len({CATALOGUE[i].category for i in served[diversity]})
+            assert served[0.5] == expected, (served[0.5], expected)
+            assert served[0.0][0] == expected[0]  # both start from the model's favourite
+    assert spread[0.5] >= spread[0.0], spread
+
+
 def test_streamed_slate_equals_unary(trained_server):
     with SlateClient(trained_server.target) as client:
         for request in (build_request("casual outfit", 4, strategy="model"),

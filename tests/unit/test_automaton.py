@@ -99,3 +99,51 @@ def test_infeasible_caps_are_detected_up_front():
     assert not is_feasible(3, [0, 0, 0, 1], [1, 1])
     assert is_feasible(2, [0, 0, 0, 1], [1, 1])
     assert is_feasible(3, [0, 0, 0], [])
+
+
+def _greedy_through_logits(spec: SlateSpec, logits_per_step) -> list[int]:
+    """Decode greedily through constrain_row as the engine's logits processor does."""
+    import torch
+
+    from slatewise.decoding.masking import constrain_row
+
+    automaton = SlateAutomaton(spec)
+    out: list[int] = []
+    for step in range(spec.k + 1):
+        row = constrain_row(automaton, torch.tensor(logits_per_step(step), dtype=torch.float32))
+        token = int(torch.argmax(row))
+        automaton.advance(token)
+        out.append(token)
+    assert out[-1] == EOS
+    return out[:-1]
+
+
+def test_dpp_choice_in_the_engine_is_select_dpp_over_the_first_step_logits():
+    import numpy as np
+
+    from slatewise.pointwise.select import Limits, dpp
+
+    rng = np.random.default_rng(3)
+    n, k, vocab = 30, 8, 64
+    e = rng.normal(size=(n, 16)).astype(np.float32)
+    e /= np.linalg.norm(e, axis=1, keepdims=True)
+    categories = rng.integers(0, 4, n)
+    kernel = 0.7 * (e @ e.T) + 0.3 * (categories[:, None] == categories[None, :])
+    tokens = list(range(10, 10 + n))
+    first = rng.normal(size=vocab).astype(np.float32)
+    later = [rng.normal(size=vocab).astype(np.float32) for _ in range(k + 1)]
+    spec = SlateSpec(k=k, eos_token_id=EOS, handle_tokens=tokens, categories=categories.tolist(),
+                     category_caps=[2, 0, 3, 0], similarity=np.round(kernel, 4).ravel().tolist(), dpp_beta=0.4)
+    picked = _greedy_through_logits(spec, lambda step: first if step == 0 else later[step])
+    # Later steps' logits do not matter: the quality is fixed at the first step.
+    unit_rows = np.linalg.cholesky(kernel + 1e-5 * np.eye(n)).astype(np.float32)
+    expected = dpp(unit_rows, first[tokens], k, diversity=0.6, limits=Limits(categories, [2, 0, 3, 0]))
+    assert [t - 10 for t in picked] == expected
+    assert Counter(categories[expected].tolist())[0] <= 2
+    # Less quality weight, more spread: beta 0 picks for diversity alone.
+    spread = _greedy_through_logits(SlateSpec(**{**spec.__dict__, "dpp_beta": 0.0, "category_caps": ()}),
+                                    lambda step: first)
+    top = np.argsort(-first[tokens])[:k]
+    spread_idx = [t - 10 for t in spread]
+    assert np.linalg.slogdet(kernel[np.ix_(spread_idx, spread_idx)])[1] > np.linalg.slogdet(kernel[np.ix_(top, top)])[1]
+    assert SlateSpec.from_extra_args(spec.to_extra_args()).dpp_beta == pytest.approx(0.4)

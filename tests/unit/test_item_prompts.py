@@ -16,7 +16,7 @@ from slatewise.config import load_settings
 from slatewise.domain import Candidate, FallbackReason, SlateRequest
 from slatewise.model.composer import SlateComposer
 from slatewise.model.item_prompts import ItemPromptPlanner, TrainedModel, trained_model_dir
-from slatewise.model.plan import UnknownCandidates
+from slatewise.model.plan import DppChoice, UnknownCandidates
 from slatewise.training.manifest import Manifest, catalogue_fingerprint
 
 BOS, EOS, SEP, PAD = 1, 2, 3, 0
@@ -41,7 +41,7 @@ def _model(max_history: int = 3, max_positions: int = 256) -> TrainedModel:
 
 
 def _planner(model=None, **kw) -> ItemPromptPlanner:
-    args = dict(max_model_len=8192, relevance_prior=2.0, diversity_penalty=4.0) | kw
+    args = dict(max_model_len=8192, relevance_prior=2.0, dpp=DppChoice(0.2, 0.3)) | kw
     return ItemPromptPlanner(model or _model(), **args)
 
 
@@ -98,7 +98,15 @@ def test_spec_names_the_item_tokens_of_the_allowed_candidates():
     assert plan.token_to_candidate == {8: 0, 4: 1, 12: 2} and plan.allowed == [0, 1, 2]
     assert list(spec.categories) == [1, 0, 2]
     assert len(spec.prior) == 3 and spec.prior[0] > spec.prior[2]  # z-scored pointwise score
-    assert len(spec.similarity) == 9 and spec.diversity_penalty == pytest.approx(0.5 * 4.0)
+    # Diversity is a DPP in the engine: kernel (1 - a) cosine + a [same category], beta = scale (1 - d).
+    assert spec.diversity_penalty == 0.0 and spec.dpp_beta == pytest.approx(0.2 * 0.5)
+    e = cset.embeddings
+    kernel = np.array(spec.similarity).reshape(3, 3)
+    assert kernel[0, 1] == pytest.approx(0.7 * float(e[0] @ e[1]), abs=1e-4)  # cat1 vs cat0
+    assert np.diag(kernel) == pytest.approx([1.0, 1.0, 1.0], abs=1e-4)
+    assert np.linalg.eigvalsh(kernel).min() > -1e-3  # a DPP kernel: positive semi-definite
+    no_diversity = _planner().plan(_cset(_req(k=2), ["i4", "i0", "i8"])).spec
+    assert no_diversity.dpp_beta is None and not no_diversity.similarity  # the model's own greedy slate
 
 
 def test_unknown_candidates_are_not_offered_and_k_shrinks_to_what_the_known_can_hold():
@@ -130,11 +138,11 @@ class _Engine:
 
 
 def test_composer_picks_the_item_planner_for_a_trained_model():
-    settings = load_settings(["--trained-diversity-penalty", "3"])
+    settings = load_settings(["--trained-dpp-scale", "3"])
     composer = SlateComposer(_Engine(_model()), settings)
     composer.prepare()  # no tokenizer needed
     plan = composer.plan(_cset(_req(k=2, diversity=1.0), ["i1", "i2", "i3"]))
-    assert list(plan.spec.handle_tokens) == [5, 6, 7] and plan.spec.diversity_penalty == 3.0
+    assert list(plan.spec.handle_tokens) == [5, 6, 7] and plan.spec.dpp_beta == 0.0
     assert composer.startup_problems(ITEMS, "embedded", TEXT) == []
     assert len(composer.startup_problems(ITEMS[:2], "other", TEXT)) == 2
     text = SlateComposer(_Engine(None), settings)

@@ -1,7 +1,7 @@
 """The slate automaton: which handle may come next, and how strongly.
 
 It knows nothing of vLLM or torch so that it can be property-tested on its
-own and shared by both vLLM runner interfaces. A slate is a path of exactly K
+own and shared by both vLLM runner interfaces (numpy only for the DPP). A slate is a path of exactly K
 distinct candidate handles (one token each) followed by EOS. Per-category caps
 form a partition matroid, so as long as the request was feasible to begin with
 (checked up front by :func:`is_feasible`), every allowed step keeps it
@@ -12,6 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+
+import numpy as np
+
+from slatewise.pointwise.select import EPS, GreedyDpp
 
 EXTRA_ARGS_KEY = "slatewise"
 
@@ -37,6 +41,11 @@ class SlateSpec:
     similarity: Sequence[float] = ()
     # Logits subtracted per unit of max-similarity to already chosen items.
     diversity_penalty: float = 0.0
+    # Set: choose by greedy DPP instead of the penalty. ``similarity`` is then
+    # the DPP kernel S, the quality is the model's first-step logits z-scored
+    # over the handles plus ``prior``, and every step's logits become log
+    # marginal gains with weights exp(dpp_beta * quality) (decoding.masking).
+    dpp_beta: float | None = None
 
     def __post_init__(self) -> None:
         n = len(self.handle_tokens)
@@ -52,6 +61,8 @@ class SlateSpec:
             raise ValueError("EOS cannot be a handle")
         if not 1 <= self.k <= n:
             raise ValueError("k must be between 1 and the number of candidates")
+        if self.dpp_beta is not None and (self.dpp_beta < 0 or not self.similarity):
+            raise ValueError("dpp_beta needs a similarity kernel and must be >= 0")
 
     def cap(self, category: int) -> int:
         caps = self.category_caps
@@ -68,6 +79,7 @@ class SlateSpec:
                 "prior": list(self.prior),
                 "similarity": list(self.similarity),
                 "penalty": self.diversity_penalty,
+                "dpp_beta": self.dpp_beta,
             }
         }
 
@@ -85,6 +97,7 @@ class SlateSpec:
             prior=tuple(float(p) for p in data.get("prior", ())),
             similarity=tuple(float(s) for s in data.get("similarity", ())),
             diversity_penalty=float(data.get("penalty", 0.0)),
+            dpp_beta=None if data.get("dpp_beta") is None else float(data["dpp_beta"]),
         )
 
 
@@ -118,6 +131,7 @@ class SlateAutomaton:
         self._taken = [False] * len(self.spec.handle_tokens)
         self._per_category: dict[int, int] = {}
         self._max_sim = [0.0] * len(self.spec.handle_tokens)
+        self.dpp: GreedyDpp | None = None
 
     @property
     def done(self) -> bool:
@@ -150,6 +164,28 @@ class SlateAutomaton:
             b -= spec.diversity_penalty * self._max_sim[candidate]
         return b
 
+    def start_dpp(self, logits: Sequence[float]) -> None:
+        """Fix the DPP's quality from the first step's logits of the handles:
+        the model's judgement of every candidate before any pick, which held
+        up better as DPP quality than each step's conditional distribution
+        (docs/QUALITY.md)."""
+        spec = self.spec
+        quality = np.asarray(logits, dtype=np.float32)
+        quality = (quality - quality.mean()) / (quality.std() + EPS)
+        if spec.prior:
+            quality = quality + np.asarray(spec.prior, dtype=np.float32)
+        n = len(spec.handle_tokens)
+        kernel = np.asarray(spec.similarity, dtype=np.float32).reshape(n, n)
+        weights = np.exp(float(spec.dpp_beta) * quality)
+        self.dpp = GreedyDpp(weights, kernel.__getitem__, spec.k)
+        for i in self.chosen:
+            self.dpp.add(i)
+
+    def dpp_gains(self, candidates: Sequence[int]) -> list[float]:
+        """log marginal gain in det(L) of each candidate given the slate so far."""
+        assert self.dpp is not None
+        return np.log(self.dpp.residual[list(candidates)] + EPS).tolist()
+
     def advance(self, token: int) -> int | None:
         """Commit one token; returns the chosen candidate index, None for EOS."""
         if self.finished:
@@ -171,7 +207,9 @@ class SlateAutomaton:
         self._taken[i] = True
         c = spec.categories[i]
         self._per_category[c] = self._per_category.get(c, 0) + 1
-        if spec.similarity:
+        if self.dpp is not None:
+            self.dpp.add(i)
+        if spec.similarity and spec.dpp_beta is None:
             n = len(spec.handle_tokens)
             row = spec.similarity[i * n : (i + 1) * n]
             self._max_sim = [max(a, b) for a, b in zip(self._max_sim, row)]

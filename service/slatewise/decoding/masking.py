@@ -22,6 +22,17 @@ def constrain_row(automaton: SlateAutomaton, logits: torch.Tensor) -> torch.Tens
     tokens = torch.tensor(
         [automaton.spec.handle_tokens[i] for i in allowed], dtype=torch.long, device=logits.device
     )
+    if automaton.spec.dpp_beta is not None:
+        # Greedy DPP: the first step's logits fix the quality; from then on
+        # the row is each allowed item's log marginal gain, so greedy
+        # decoding commits exactly the DPP's pick and sampling draws in
+        # proportion to the gain.
+        if automaton.dpp is None:
+            every = torch.tensor(list(automaton.spec.handle_tokens), dtype=torch.long, device=logits.device)
+            automaton.start_dpp(logits[every].float().tolist())
+        gains = torch.tensor(automaton.dpp_gains(allowed), dtype=logits.dtype, device=logits.device)
+        out[tokens] = gains
+        return out
     bias = torch.tensor(
         [automaton.bias(i) for i in allowed], dtype=logits.dtype, device=logits.device
     )

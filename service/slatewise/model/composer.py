@@ -6,9 +6,10 @@ the request's candidates) as a text listing and may only emit handles of
 the request's allowed candidates (planned here, with :mod:`.prompt`); a
 model trained by ``slatewise train`` is prompted with item tokens
 (:mod:`.item_prompts`). Either way the automaton's constraints, relevance
-(pointwise scores as a z-scored logit prior) and diversity pressure (a
-penalty by max similarity to items already chosen, scaled by the request's
-diversity) are applied inside the engine at every step (:mod:`.plan`).
+(pointwise scores as a z-scored logit prior) and diversity pressure (for
+the LLM a penalty by max similarity to items already chosen, for a trained
+model a greedy DPP, both scaled by the request's diversity) are applied
+inside the engine at every step (:mod:`.plan`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from slatewise.domain import Candidate
 from slatewise.model.engine import Engine
 from slatewise.model.handles import HandleSet, single_token_handles
 from slatewise.model.item_prompts import ItemPromptPlanner
-from slatewise.model.plan import PRIOR_CLIP, CannotPlan, ContextTooLong, ModelPlan, slate_spec
+from slatewise.model.plan import PRIOR_CLIP, CannotPlan, ContextTooLong, DppChoice, ModelPlan, slate_spec
 from slatewise.model.prompt import ModelContext, PromptBuilder
 
 __all__ = ["PRIOR_CLIP", "CannotPlan", "ContextTooLong", "ModelPlan", "SlateComposer"]
@@ -45,7 +46,7 @@ class SlateComposer:
             self.items = ItemPromptPlanner(
                 engine.trained, max_model_len=settings.max_model_len,
                 relevance_prior=settings.trained_relevance_prior,
-                diversity_penalty=settings.trained_diversity_penalty)
+                dpp=DppChoice(settings.trained_dpp_scale, settings.trained_dpp_category_weight))
 
     def prepare(self) -> None:
         """Once the engine is built: the text path needs its tokenizer (a

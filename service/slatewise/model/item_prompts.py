@@ -14,8 +14,12 @@ rows for BOS, history and SEP, and the projected query at position 1. Without
 one, as token ids.
 
 The handles are the item tokens of the allowed candidates, so the slate
-automaton (K distinct, category caps, exclusions), the relevance prior and
-the diversity penalty work unchanged. Candidates the model has no token for
+automaton (K distinct, category caps, exclusions) and the relevance prior
+work unchanged. Diversity is a greedy DPP run by the automaton inside the
+engine rather than the LLM path's similarity penalty: the model's first-step
+logits are its quality and the kernel mixes text cosine with "same
+category" (docs/QUALITY.md measured why: the penalty and each step's
+conditional distribution both lost relevance or diversity). Candidates the model has no token for
 (items added to the catalogue after training, inline items with unknown ids)
 are not offered to it: the model writes as many of the K items as the known
 candidates allow and the pointwise scorer fills the rest (PARTIAL,
@@ -35,7 +39,7 @@ import numpy as np
 from slatewise.candidates import CandidateSet
 from slatewise.catalogue.items import CatalogueItem
 from slatewise.decoding.automaton import capacity
-from slatewise.model.plan import ModelPlan, UnknownCandidates, slate_spec
+from slatewise.model.plan import DppChoice, ModelPlan, UnknownCandidates, slate_spec
 from slatewise.model.prepare import EMBEDDED_MODEL
 from slatewise.training.manifest import Manifest, catalogue_fingerprint, detect, prompt_layout
 
@@ -125,12 +129,12 @@ class ItemPromptPlanner:
     """Builds the :class:`ModelPlan` of a request for a trained model."""
 
     def __init__(self, model: TrainedModel, *, max_model_len: int, relevance_prior: float,
-                 diversity_penalty: float) -> None:
+                 dpp: DppChoice) -> None:
         self.model = model
         self.tokens = model.manifest.item_tokens
         self.max_len = min(max_model_len, model.max_positions)
         self.relevance_prior = relevance_prior
-        self.diversity_penalty = diversity_penalty
+        self.dpp = dpp
 
     def prompt(self, history_ids: Sequence[str], with_query: bool, room: int) -> list[int]:
         """[BOS] [query slot]? history [SEP] with the newest known history
@@ -163,5 +167,5 @@ class ItemPromptPlanner:
             embeds = self.model.embed_tokens[tokens].copy()
             embeds[1] = self.model.project_query(cset.query_vector)
         spec = slate_spec(cset, allowed, handles, k=k, eos_token_id=self.model.special["eos"],
-                          default_prior=self.relevance_prior, diversity_penalty=self.diversity_penalty)
+                          default_prior=self.relevance_prior, dpp=self.dpp)
         return ModelPlan(tokens, spec, dict(zip(handles, allowed)), allowed, prompt_embeds=embeds)

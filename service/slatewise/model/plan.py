@@ -55,13 +55,25 @@ class ModelPlan:
     prompt_embeds: np.ndarray | None = None
 
 
+@dataclass(frozen=True)
+class DppChoice:
+    """Choose by greedy DPP inside the engine (trained models): quality =
+    the model's first-step logits (+ the prior), kernel = (1 - a) cosine +
+    a [same category], beta = ``scale`` * (1 - diversity)."""
+
+    scale: float
+    category_weight: float
+
+
 def slate_spec(cset: CandidateSet, allowed: Sequence[int], handle_tokens: Sequence[int], *, k: int,
-               eos_token_id: int, default_prior: float, diversity_penalty: float) -> SlateSpec:
+               eos_token_id: int, default_prior: float, diversity_penalty: float = 0.0,
+               dpp: DppChoice | None = None) -> SlateSpec:
     """The automaton's spec for ``allowed`` candidates named by ``handle_tokens``:
     category caps, the pointwise score as a z-scored logit prior (the
-    request's ``relevance_prior``, else ``default_prior``) and a penalty of
-    ``request.diversity * diversity_penalty`` per unit of max cosine to the
-    items already chosen."""
+    request's ``relevance_prior``, else ``default_prior``) and, with
+    ``request.diversity`` > 0, either a penalty of ``request.diversity *
+    diversity_penalty`` per unit of max cosine to the items already chosen
+    or, with ``dpp``, the greedy DPP."""
     request = cset.request
     allowed = list(allowed)
     weight = request.relevance_prior if request.relevance_prior is not None else default_prior
@@ -70,18 +82,26 @@ def slate_spec(cset: CandidateSet, allowed: Sequence[int], handle_tokens: Sequen
         s = cset.scores[allowed].astype(np.float64)
         z = (s - s.mean()) / (s.std() + 1e-6) if len(s) > 1 else np.zeros_like(s)
         prior = np.round(weight * np.clip(z, -PRIOR_CLIP, PRIOR_CLIP), 4).tolist()
-    penalty = request.diversity * diversity_penalty
+    categories = cset.category_index[allowed]
+    e = cset.embeddings[allowed]
     similarity: list[float] = []
-    if penalty > 0:
-        e = cset.embeddings[allowed]
+    penalty, beta = 0.0, None
+    if dpp is not None and request.diversity > 0:
+        a = dpp.category_weight
+        kernel = (1 - a) * (e @ e.T) + a * (categories[:, None] == categories[None, :])
+        similarity = np.round(kernel, 4).ravel().tolist()
+        beta = dpp.scale * (1 - request.diversity)
+    elif dpp is None and request.diversity * diversity_penalty > 0:
+        penalty = request.diversity * diversity_penalty
         similarity = np.round(np.clip(e @ e.T, 0.0, 1.0), 4).ravel().tolist()
     return SlateSpec(
         k=k,
         eos_token_id=eos_token_id,
         handle_tokens=list(handle_tokens),
-        categories=cset.category_index[allowed].tolist(),
+        categories=categories.tolist(),
         category_caps=list(cset.caps),
         prior=prior,
         similarity=similarity,
-        diversity_penalty=penalty if similarity else 0.0,
+        diversity_penalty=penalty,
+        dpp_beta=beta,
     )

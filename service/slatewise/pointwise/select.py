@@ -88,43 +88,64 @@ def mmr(embeddings: np.ndarray, scores: np.ndarray, k: int, diversity: float,
     return picker.order
 
 
+class GreedyDpp:
+    """Fast greedy MAP inference for a DPP, one pick at a time (Chen et al., 2018).
+
+    Kernel L = diag(w) S diag(w): ``weights`` w carry quality, ``kernel_row(j)``
+    returns row j of the similarity S. ``residual[i]`` is item i's marginal
+    gain in det(L) given the picks so far; incremental Cholesky keeps each
+    pick O(n * k). Stepwise so that the engine's logits processor can choose
+    item by item under the automaton (decoding.masking) with the same
+    arithmetic as :func:`dpp`.
+    """
+
+    def __init__(self, weights: np.ndarray, kernel_row, k: int) -> None:
+        self.weights = weights.astype(np.float32)
+        self.kernel_row = kernel_row
+        self.residual = self.weights * self.weights + EPS
+        self.components = np.zeros((len(weights), max(k, 1)), dtype=np.float32)
+        self.steps = 0
+
+    def add(self, j: int) -> None:
+        if self.steps >= self.components.shape[1]:
+            return  # the K-th pick: nothing after it needs a residual
+        w, step = self.weights, self.steps
+        best_score = float(max(self.residual[j], EPS))
+        sim = w * self.kernel_row(j) * w[j]
+        proj = self.components[:, :step] @ self.components[j, :step] if step else 0.0
+        update = (sim - proj) / (np.sqrt(best_score) + EPS)
+        self.components[:, step] = update
+        self.residual = np.maximum(self.residual - update * update, 0.0)
+        self.steps += 1
+
+
+def dpp_weights(quality: np.ndarray, beta: float) -> np.ndarray:
+    """w = exp(beta * zscore(quality)): pyversity's kernel weights."""
+    q = quality.astype(np.float32)
+    return np.exp(beta * (q - q.mean()) / (q.std() + EPS)).astype(np.float32)
+
+
 def dpp(embeddings: np.ndarray, scores: np.ndarray, k: int, diversity: float,
         limits: Limits | None = None, selected: Sequence[int] = (), scale: float = 1.0) -> list[int]:
-    """Fast greedy MAP inference for a DPP (Chen et al., 2018).
-
-    Kernel L = diag(w) S diag(w) with w = exp(beta * zscore(score)),
-    beta = (1 - diversity) * scale: pyversity's kernel, so the two agree.
-    Incremental Cholesky keeps each step O(n * k).
-    """
-    n = len(scores)
+    """Greedy DPP over cosine similarity with w = exp(beta * zscore(score)),
+    beta = (1 - diversity) * scale: pyversity's kernel, so the two agree."""
     if diversity <= 0:
         return top_k(scores, k, limits, selected)
-    rel = scores.astype(np.float32)
-    beta = (1 - diversity) * scale
-    weights = np.exp(beta * (rel - rel.mean()) / (rel.std() + EPS)).astype(np.float32)
-    residual = weights * weights + EPS
-    components = np.zeros((n, k), dtype=np.float32)
+    state = GreedyDpp(dpp_weights(scores, (1 - diversity) * scale), lambda j: embeddings @ embeddings[j], k)
     pending = list(selected)
-    picker = _Picker(n, k, limits, ())
-    step = 0
+    picker = _Picker(len(scores), k, limits, ())
     while picker.remaining > 0:
         if pending:
             best = int(pending.pop(0))
         else:
-            masked = np.where(picker.available, residual, -np.inf)
+            masked = np.where(picker.available, state.residual, -np.inf)
             best = int(np.argmax(masked))
             if not np.isfinite(masked[best]):
                 break
-        best_score = float(max(residual[best], EPS))
         picker.take(best)
         if picker.remaining == 0:
             break
-        sim = weights * (embeddings @ embeddings[best]) * weights[best]
-        proj = components[:, :step] @ components[best, :step] if step else 0.0
-        update = (sim - proj) / (np.sqrt(best_score) + EPS)
-        components[:, step] = update
-        residual = np.maximum(residual - update * update, 0.0)
-        step += 1
+        state.add(best)
     return picker.order
 
 
