@@ -74,7 +74,8 @@ class SlatewiseServer:
         source = self._catalogue_source()
         # Fail fast (and name the line) before binding any port.
         items = await asyncio.to_thread(load_jsonl, source)
-        embedder = await asyncio.to_thread(Embedder, s.embedding_model, s.embedding_cache_dir)
+        embedder = await asyncio.to_thread(Embedder, s.embedding_model, s.embedding_cache_dir,
+                                           runtime=s.embedding_runtime)
         for problem in self.composer.startup_problems(items, s.embedding_model, embedder.dim):
             log.warning("trained model %s: %s", self.engine.model_id, problem)
         store = await asyncio.to_thread(CatalogueStore, items, embedder)

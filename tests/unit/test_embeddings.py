@@ -1,0 +1,67 @@
+"""The query encoder on the request path: ONNX Runtime gives torch's vectors,
+and concurrent queries batched together each get their own row."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from slatewise.embeddings import Embedder, _QueryBatcher
+
+TEXTS = [f"{colour} {thing} for {occasion}" for colour in ("red", "navy", "grey")
+         for thing in ("wool coat", "trail shoes", "linen shirt") for occasion in ("work", "a wedding")]
+
+
+@pytest.fixture(scope="module")
+def embedders(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("emb")
+    return Embedder(cache_dir=cache, runtime="onnx"), Embedder(cache_dir=cache, runtime="torch")
+
+
+def test_onnx_runtime_gives_torchs_vectors(embedders):
+    onnx, torch_ = embedders
+    assert onnx.runtime == "onnx" and torch_.runtime == "torch"
+    np.testing.assert_allclose(onnx.encode(TEXTS), torch_.encode(TEXTS), atol=1e-4)
+    assert np.allclose(np.linalg.norm(onnx.encode(TEXTS), axis=1), 1.0, atol=1e-5)
+    # Padding in a batch changes nothing: the same text alone or among longer ones.
+    np.testing.assert_allclose(onnx.encode(["red wool coat", TEXTS[-1] * 3])[0], onnx.encode(["red wool coat"])[0],
+                               atol=1e-5)
+
+
+def test_concurrent_queries_are_batched_and_each_gets_its_own_row(embedders):
+    onnx, _ = embedders
+    expected = {t: onnx.encode([t])[0] for t in TEXTS}
+    sizes: list[int] = []
+    gate = threading.Event()
+
+    def encode(texts):
+        gate.wait(5)  # hold the first batch so that the others queue up behind it
+        sizes.append(len(texts))
+        return onnx.encode(texts)
+
+    batcher = _QueryBatcher(encode)
+    with ThreadPoolExecutor(len(TEXTS)) as pool:
+        futures = [pool.submit(batcher, t) for t in TEXTS]
+        threading.Timer(0.3, gate.set).start()
+        got = [f.result(timeout=10) for f in futures]
+    for text, vec in zip(TEXTS, got):
+        np.testing.assert_allclose(vec, expected[text], atol=1e-5)
+    assert sum(sizes) == len(TEXTS) and len(sizes) < len(TEXTS) and max(sizes) > 1, sizes
+
+
+def test_a_failed_batch_fails_every_waiter_and_the_next_call_works():
+    calls = {"n": 0}
+
+    def encode(texts):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("encoder broke")
+        return np.ones((len(texts), 2), dtype=np.float32)
+
+    batcher = _QueryBatcher(encode)
+    with pytest.raises(RuntimeError, match="encoder broke"):
+        batcher("x")
+    assert batcher("y").tolist() == [1.0, 1.0]
