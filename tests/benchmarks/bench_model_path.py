@@ -162,7 +162,7 @@ async def main(rounds: int, server_args: list[str], model: str = "", catalogue: 
           f"server args {server_args}\n# machine: {machine(trained=bool(model))}", flush=True)
 
     results: dict[str, list] = {k: [] for k in ("svc", "raw", "svc_first", "raw_first",
-                                                "tokens", "raw_tokens", "on", "off")}
+                                                "tokens", "raw_tokens", "on", "off", "encode", "raw_enc")}
     by_shape: dict[tuple[str, str], list] = {(w, s): [] for w in ("svc", "raw") for s in SHAPES}
     server_on = start_server(tmp, *common_args, wait_for="slatewise.v1.Model", timeout=600)
     try:
@@ -179,6 +179,14 @@ async def main(rounds: int, server_args: list[str], model: str = "", catalogue: 
                 for i, request in enumerate(requests(pool, rounds, trained)):
                     shape = SHAPES[i % len(SHAPES)]
                     plan, _ = raw.plan(request)  # validate, embed the query, resolve, plan: not in "raw"
+                    # What the query encoder costs apart (uncached): the model's input a
+                    # caller of raw vLLM would have to compute too (the "raw + encoder" row).
+                    encode = 0.0
+                    if request.context.query:
+                        t0 = time.perf_counter()
+                        raw.embedder.encode([request.context.query])
+                        encode = time.perf_counter() - t0
+                    results["encode"].append(encode)
                     for which in ([0, 1] if i % 2 == 0 else [1, 0]):
                         if which == 0:
                             total, slate = await timed_unary(on, request)
@@ -189,6 +197,7 @@ async def main(rounds: int, server_args: list[str], model: str = "", catalogue: 
                         else:
                             total, first, n = await raw.generate(plan, f"raw-{i}")
                             results["raw"].append(total)
+                            results["raw_enc"].append(total + encode)
                             by_shape["raw", shape].append(total)
                             results["raw_first"].append(first / total)
                             results["raw_tokens"].append(n / K)
@@ -240,6 +249,9 @@ async def main(rounds: int, server_args: list[str], model: str = "", catalogue: 
     ]
     if model:
         rows = rows[:-3]
+        query_encodes = [e for e in results["encode"] if e > 0]
+        rows += [["query encoder alone (query-only requests, uncached), p50 s", median(query_encodes)],
+                 ["service / (raw + query encoder) (p50)", median(svc) / median(results["raw_enc"])]]
         for shape in SHAPES:
             s, r = by_shape["svc", shape], by_shape["raw", shape]
             rows += [[f"{shape}-only requests: service p50 s / raw p50 s / service/raw",

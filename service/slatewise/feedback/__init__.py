@@ -1,0 +1,1 @@
+"""User feedback events: where they are kept once acknowledged (storage only)."""
