@@ -104,12 +104,28 @@ class Settings(BaseSettings):
     trained_dpp_scale: float = Field(0.2, ge=0, description="A trained model's slates are a greedy DPP in the engine with quality weights exp(scale * (1 - diversity) * z(first-step logits)); 0.2 makes diversity 0.5 the setting chosen on validation data (docs/QUALITY.md).")
     trained_dpp_category_weight: float = Field(0.3, ge=0, le=1, description="Share of 'same category' in a trained model's DPP kernel (the rest is text cosine).")
 
+
+    # --- feedback and model hot-swap (issue 12) ----------------------------------
+    feedback_dir: Path | None = Field(None, description="Directory of the feedback event log (append-only segments). Unset: FeedbackService answers FAILED_PRECONDITION and served slates are not logged.")
+    feedback_sink: Literal["log", "kafka"] = Field("log", description="Where feedback records go: the segment log in feedback_dir, or a Kafka topic (needs the `kafka` extra; the served-slate index and event-id dedup are then in memory only).")
+    feedback_fsync: Literal["group", "always", "never"] = Field("group", description="When a feedback batch is acknowledged: group = after one fsync shared by every batch waiting (default), always = an fsync per batch, never = once written to the OS (lost on power loss, not on a crash).")
+    feedback_segment_bytes: int = Field(64 * 1024 * 1024, ge=4096, description="Size at which the feedback log starts a new segment file.")
+    feedback_max_batch: int = Field(10_000, ge=1, description="Most events per ReportEvents call (more: INVALID_ARGUMENT, nothing appended).")
+    feedback_max_future_seconds: float = Field(300.0, ge=0, description="How far ahead of the server's clock an event timestamp may be.")
+    feedback_slate_window: int = Field(200_000, ge=1, description="Served slates remembered for validating events (newest first; rebuilt from the log at start). Events about older slates get INVALID_ARGUMENT.")
+    feedback_dedup_window: int = Field(2_000_000, ge=1, description="Event ids remembered for idempotency (newest first; rebuilt from the log at start).")
+    kafka_bootstrap_servers: str = Field("", description="Kafka brokers for feedback_sink=kafka.")
+    kafka_topic: str = Field("slatewise-feedback", description="Kafka topic for feedback_sink=kafka.")
+    model_swap_root: Path | None = Field(None, description="Directory whose model directories ModelService.LoadModel may load (hot-swap). Unset: ModelService answers FAILED_PRECONDITION.")
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tls_cert_file and tls_key_file go together")
         if self.tls_client_ca_file is not None and self.tls_cert_file is None:
             raise ValueError("tls_client_ca_file needs tls_cert_file and tls_key_file")
+        if self.feedback_sink == "kafka" and not self.kafka_bootstrap_servers:
+            raise ValueError("feedback_sink=kafka needs kafka_bootstrap_servers")
         if self.full_catalogue_context_max_items > 375:
             raise ValueError("full_catalogue_context_max_items exceeds the single-token handles available (375)")
         return self

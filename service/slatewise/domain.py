@@ -63,6 +63,7 @@ class SlateRequest:
     seed: int | None = None
     relevance_prior: float | None = None
     reject_on_overload: bool = False
+    slate_id: str = ""  # what feedback events will name (generated if the caller gave none)
 
     def cap(self, category: str) -> int:
         """0 = unlimited."""

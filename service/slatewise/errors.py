@@ -16,7 +16,7 @@ class InvalidRequest(Exception):
         self.violations = violations
 
 
-def bad_request_status(violations: list[tuple[str, str]]) -> grpc.Status:
+def bad_request_status(violations: list[tuple[str, str]], prefix: str = "") -> grpc.Status:
     detail = any_pb2.Any()
     detail.Pack(
         error_details_pb2.BadRequest(
@@ -29,7 +29,7 @@ def bad_request_status(violations: list[tuple[str, str]]) -> grpc.Status:
     first = f"{violations[0][0]}: {violations[0][1]}" if violations else "invalid request"
     more = f" (and {len(violations) - 1} more)" if len(violations) > 1 else ""
     return rpc_status.to_status(
-        status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=first + more, details=[detail])
+        status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=prefix + first + more, details=[detail])
     )
 
 

@@ -85,6 +85,28 @@ class Metrics:
             ["generation"], buckets=STALL_BUCKETS, registry=r)
         self.circuit_state = Gauge(
             "slatewise_circuit_state", "Model circuit breaker: 0 closed, 1 half-open, 2 open.", registry=r)
+        self.model_slates = Counter(
+            "slatewise_model_slates", "Slates with model-written items, by the model that wrote them.",
+            ["model_id"], registry=r)
+        self.model_info = Info(
+            "slatewise_model", "The model serving now (model_id, path) and the one a rollback restores.",
+            registry=r)
+        self.model_switches = Counter(
+            "slatewise_model_switches", "Hot-swaps that took traffic, by kind (load, rollback).",
+            ["kind"], registry=r)
+        self.model_load_failures = Counter(
+            "slatewise_model_load_failures", "Hot-swap candidates that failed to load or warm up (never served).",
+            registry=r)
+        self.model_load_seconds = Gauge(
+            "slatewise_model_load_seconds", "Duration of the last hot-swap load (engine start and warm-up).",
+            registry=r)
+        self.feedback_events = Counter(
+            "slatewise_feedback_events", "Reported feedback events by outcome (accepted, duplicate, invalid).",
+            ["outcome"], registry=r)
+        self.feedback_append_seconds = Histogram(
+            "slatewise_feedback_append_seconds",
+            "Time for feedback records (an event batch or a served slate) to become durable.",
+            buckets=STALL_BUCKETS, registry=r)
         self.catalogue_items = Gauge(
             "slatewise_catalogue_items", "Items in the served catalogue.", registry=r)
         self.catalogue_version = Gauge(

@@ -44,6 +44,19 @@ class SlateOutcome:
     generated_tokens: int
 
 
+@dataclass(eq=False)
+class ModelSlot:
+    """One served model: its engine and the composer that plans for it. A
+    request takes the slot once, at its start, and keeps it to the end, so a
+    hot-swap (model/swap.py) can never mix two models in one slate or report
+    the wrong model_id; ``active`` counts those requests, so that the old
+    engine is shut down only once none of them can still reach it."""
+
+    engine: Engine
+    composer: SlateComposer
+    active: int = 0
+
+
 class Overloaded(RuntimeError):
     """The caller asked to be told (RESOURCE_EXHAUSTED) rather than served pointwise."""
 
@@ -54,8 +67,7 @@ class Recommender:
         self.settings = settings
         self.store = store
         self.embedder = embedder
-        self.engine = engine
-        self.composer = composer
+        self.slot = ModelSlot(engine, composer)
         self.metrics = metrics
         self.circuit = CircuitBreaker(
             settings.circuit_failure_threshold, settings.circuit_cooldown_seconds,
@@ -68,8 +80,17 @@ class Recommender:
             resolve, request, self.store.snapshot, self.embedder, self.settings.retrieval_top_n
         )
 
-    def _model_unavailable_reason(self) -> FallbackReason:
-        if self.engine.state is EngineState.DEAD:
+    @property
+    def engine(self) -> Engine:
+        return self.slot.engine
+
+    @property
+    def composer(self) -> SlateComposer:
+        return self.slot.composer
+
+    @staticmethod
+    def _model_unavailable_reason(slot: ModelSlot) -> FallbackReason:
+        if slot.engine.state is EngineState.DEAD:
             return FallbackReason.ENGINE_DEAD
         return FallbackReason.ENGINE_NOT_READY
 
@@ -81,12 +102,12 @@ class Recommender:
             end = min(end, deadline)
         return end - self.settings.deadline_margin_seconds
 
-    def _gate(self, request: SlateRequest) -> FallbackReason:
+    def _gate(self, request: SlateRequest, slot: ModelSlot) -> FallbackReason:
         """Whether the model may take this request; NONE means go ahead."""
         if request.strategy is Strategy.POINTWISE or not self.settings.model_enabled:
             return FallbackReason.NONE
-        if not self.engine.ready:
-            return self._model_unavailable_reason()
+        if not slot.engine.ready:
+            return self._model_unavailable_reason(slot)
         if not self.circuit.allow():
             return FallbackReason.CIRCUIT_OPEN
         if not self.model_slots.try_acquire():
@@ -103,10 +124,20 @@ class Recommender:
         ``arrived`` and ``deadline`` are time.monotonic() values, the clock of
         the event loop, so they serve directly as asyncio deadlines.
         """
+        slot = self.slot
+        slot.active += 1
+        try:
+            async for event in self._run(slot, request, arrived, deadline):
+                yield event
+        finally:
+            slot.active -= 1
+
+    async def _run(self, slot: ModelSlot, request: SlateRequest, arrived: float,
+                   deadline: float | None) -> AsyncIterator[Decision | SlateOutcome]:
         budget_end = self.budget_end(arrived, deadline)
         cset = await self.candidates(request)
         wants_model = request.strategy is not Strategy.POINTWISE and self.settings.model_enabled
-        reason = self._gate(request) if wants_model else FallbackReason.NONE
+        reason = self._gate(request, slot) if wants_model else FallbackReason.NONE
         decisions: list[Decision] = []
         tokens = 0
         hedge = producer = None
@@ -116,7 +147,7 @@ class Recommender:
                 # decodes, so a fallback at the deadline costs nothing.
                 hedge = asyncio.create_task(asyncio.to_thread(self._pointwise, cset, request, ()))
                 queue: asyncio.Queue = asyncio.Queue()
-                producer = asyncio.create_task(self._produce(cset, request, arrived, budget_end, queue))
+                producer = asyncio.create_task(self._produce(slot, cset, request, arrived, budget_end, queue))
                 loop = asyncio.get_running_loop()
                 while True:
                     # The caller's budget is watched here, not only in the
@@ -151,7 +182,7 @@ class Recommender:
             for task in (producer, hedge):
                 if task is not None:
                     task.cancel()
-        yield self._outcome(cset, decisions, request, reason, arrived, tokens)
+        yield self._outcome(slot, cset, decisions, request, reason, arrived, tokens)
 
     def _shadow(self, cset: CandidateSet, decisions: list[Decision], pointwise: list[int]) -> None:
         """What the model bought over the pointwise slate for this very request."""
@@ -168,7 +199,7 @@ class Recommender:
         return select(self.settings.diversify_method, cset.embeddings, cset.scores, request.k,
                       request.diversity, cset.limits, selected=list(picked))
 
-    async def _produce(self, cset: CandidateSet, request: SlateRequest, arrived: float,
+    async def _produce(self, slot: ModelSlot, cset: CandidateSet, request: SlateRequest, arrived: float,
                        budget_end: float, queue: asyncio.Queue) -> None:
         """Run the model in its own task: Decisions into the queue, then None
         (done) or a _ModelStopped. The deadline is enforced here, where no
@@ -180,7 +211,7 @@ class Recommender:
             try:
                 # Tokenizing and building the spec take milliseconds of CPU:
                 # off the loop that answers callers.
-                plan = await asyncio.to_thread(self.composer.plan, cset)
+                plan = await asyncio.to_thread(slot.composer.plan, cset)
             except CannotPlan as exc:  # context too long, no candidate the model knows
                 log.info("request %s: %s", request.request_id, exc)
                 self.circuit.record_neutral()
@@ -188,7 +219,7 @@ class Recommender:
                 return
             try:
                 async with asyncio.timeout_at(budget_end):
-                    async for index in self.composer.compose(
+                    async for index in slot.composer.compose(
                         plan, request_id=request.request_id,
                         temperature=request.temperature, seed=request.seed,
                     ):
@@ -206,7 +237,7 @@ class Recommender:
                 return
             except EngineUnavailable:
                 self.circuit.record_neutral()
-                queue.put_nowait(_ModelStopped(self._model_unavailable_reason(), committed))
+                queue.put_nowait(_ModelStopped(self._model_unavailable_reason(slot), committed))
                 return
             except EngineRequestError as exc:
                 log.warning("request %s: engine error: %s", request.request_id, exc)
@@ -229,7 +260,7 @@ class Recommender:
         finally:
             self.model_slots.release()
 
-    def _outcome(self, cset: CandidateSet, decisions: list[Decision], request: SlateRequest,
+    def _outcome(self, slot: ModelSlot, cset: CandidateSet, decisions: list[Decision], request: SlateRequest,
                  reason: FallbackReason, arrived: float, tokens: int) -> SlateOutcome:
         model_items = sum(d.source is Source.MODEL for d in decisions)
         if model_items == len(decisions):
@@ -249,27 +280,32 @@ class Recommender:
             self.metrics.fallbacks.labels(reason.value).inc()
         if tokens:
             self.metrics.model_tokens.observe(tokens)
+        model_id = slot.engine.model_id if model_items else ""
+        if model_id:
+            self.metrics.model_slates.labels(model_id).inc()
         return SlateOutcome(
             cset=cset, decisions=tuple(decisions), strategy=strategy, reason=reason,
             diversity=diversity, time_to_first_item=first, total=total,
-            model_id=self.engine.model_id if model_items else "", generated_tokens=tokens,
+            model_id=model_id, generated_tokens=tokens,
         )
 
-    async def warmup(self) -> None:
-        """One real slate through the engine before we report SERVING.
+    async def warmup(self, slot: ModelSlot | None = None, force: bool = False) -> None:
+        """One real slate through the engine before we report SERVING (or a
+        hot-swapped model takes traffic).
 
         It also fills the prefix cache with the catalogue context, so the
         first caller does not pay for it.
         """
-        self.composer.prepare()
-        if not self.settings.warmup:
+        slot = slot or self.slot
+        slot.composer.prepare()
+        if not self.settings.warmup and not force:
             return
         snap = self.store.snapshot
         request = SlateRequest(request_id="warmup", query="a casual outfit",
                                k=min(3, len(snap)), candidates=None)
         cset = await self.candidates(request)
-        plan = self.composer.plan(cset)
-        picks = [i async for i in self.composer.compose(
+        plan = slot.composer.plan(cset)
+        picks = [i async for i in slot.composer.compose(
             plan, request_id="warmup", temperature=0.0, seed=None, allow_warming=True)]
         if len(picks) != plan.spec.k:
             raise RuntimeError(f"warm-up slate has {len(picks)} items, expected {plan.spec.k}")

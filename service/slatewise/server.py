@@ -21,14 +21,18 @@ from grpc_reflection.v1alpha import reflection
 
 from slatewise.api.auth import BearerTokenInterceptor, load_tokens
 from slatewise.api.catalogue_service import CatalogueService
+from slatewise.api.feedback_service import FeedbackService
+from slatewise.api.model_service import ModelService
 from slatewise.api.slate_service import SlateService
 from slatewise.catalogue.loader import embedded_catalogue_path, load_jsonl
 from slatewise.catalogue.store import CatalogueStore
 from slatewise.config import Settings
 from slatewise.embeddings import Embedder
+from slatewise.feedback.store import FeedbackStore
 from slatewise.metrics import Metrics, start_metrics_server
 from slatewise.model.composer import SlateComposer
 from slatewise.model.engine import Engine, EngineState
+from slatewise.model.swap import ModelSwitcher
 from slatewise.proto import pb, pb_grpc
 from slatewise.recommender import Recommender
 from slatewise.resilience.stalls import watch_event_loop, watch_gc
@@ -61,6 +65,8 @@ class SlatewiseServer:
         self._engine_task: asyncio.Task | None = None
         self._lag_task: asyncio.Task | None = None
         self.recommender: Recommender | None = None
+        self.feedback: FeedbackStore | None = None
+        self.switcher: ModelSwitcher | None = None
 
     async def _set_health(self, names, status) -> None:
         for name in names:
@@ -81,6 +87,10 @@ class SlatewiseServer:
         store = await asyncio.to_thread(CatalogueStore, items, embedder)
         self.metrics.set_catalogue(len(store.snapshot), store.snapshot.version, str(source))
         self.recommender = Recommender(s, store, embedder, self.engine, self.composer, self.metrics)
+        if s.feedback_dir is not None or s.feedback_sink == "kafka":
+            self.feedback = await FeedbackStore.open(s, self.metrics)
+        self.switcher = (ModelSwitcher(s, self.recommender, self.metrics, on_engine=self._attach_engine)
+                         if s.model_enabled else None)
 
         options = [
             ("grpc.max_receive_message_length", s.max_message_bytes),
@@ -93,12 +103,17 @@ class SlatewiseServer:
         if s.auth_tokens_file is not None:
             interceptors.append(BearerTokenInterceptor(load_tokens(s.auth_tokens_file)))
         server = grpc.aio.server(options=options, interceptors=interceptors)
-        pb_grpc.add_SlateServiceServicer_to_server(SlateService(s, self.recommender, self.metrics), server)
+        pb_grpc.add_SlateServiceServicer_to_server(
+            SlateService(s, self.recommender, self.metrics, self.feedback), server)
+        pb_grpc.add_FeedbackServiceServicer_to_server(FeedbackService(self.feedback), server)
+        pb_grpc.add_ModelServiceServicer_to_server(ModelService(self.switcher), server)
         pb_grpc.add_CatalogueServiceServicer_to_server(
             CatalogueService(s, store, self.metrics, str(source)), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            [*SERVICE_NAMES.values()][1:3] + [health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+            [*SERVICE_NAMES.values()][1:3] + [pb.DESCRIPTOR.services_by_name[name].full_name
+                                              for name in ("FeedbackService", "ModelService")]
+            + [health.SERVICE_NAME, reflection.SERVICE_NAME], server)
         await self._set_health(["overall", "slates", "catalogue", "model"], NOT_SERVING)
         address = f"{s.host}:{s.grpc_port}"
         if s.tls_enabled:
@@ -119,15 +134,25 @@ class SlatewiseServer:
         self._server = server
         await self._set_health(["liveness", "catalogue"], SERVING)
         log.info("gRPC on %s:%d, metrics on %s:%d", s.host, self.grpc_port, s.metrics_host, self.metrics_port)
-        self.engine.on_state_change(self._on_engine_state)
-        self.metrics.engine_unfinished.set_function(self.engine.num_unfinished_requests)
+        self._attach_engine(self.engine)
+        self.metrics.engine_unfinished.set_function(lambda: self.recommender.engine.num_unfinished_requests())
         if s.model_enabled:
             self._engine_task = asyncio.create_task(self._start_engine())
         else:
             _freeze_heap()
             await self._set_health(["overall", "slates"], SERVING)
 
-    def _on_engine_state(self, state: EngineState) -> None:
+    def _attach_engine(self, engine: Engine) -> None:
+        """The engine serving now (at start, or after a hot-swap) drives the
+        model health and metrics; an engine swapped out no longer does."""
+        self.engine = engine
+        engine.on_state_change(lambda state: self._on_engine_state(engine, state))
+        if engine.state is EngineState.READY:
+            self._on_engine_state(engine, engine.state)
+
+    def _on_engine_state(self, engine: Engine, state: EngineState) -> None:
+        if engine is not self.recommender.engine:
+            return
         self.metrics.engine_ready.set(1 if state is EngineState.READY else 0)
         status = SERVING if state is EngineState.READY else NOT_SERVING
         asyncio.get_running_loop().create_task(self._set_health(["model"], status))
@@ -149,12 +174,13 @@ class SlatewiseServer:
         s = self.settings
         while True:
             await asyncio.sleep(s.engine_health_interval_seconds)
-            if self.engine.state is EngineState.READY:
-                await self.engine.check_health()
-            if self.engine.state is EngineState.DEAD and s.engine_restart:
+            engine = self.recommender.engine  # the one serving now (hot-swaps replace it)
+            if engine.state is EngineState.READY:
+                await engine.check_health()
+            if engine.state is EngineState.DEAD and s.engine_restart:
                 t0 = asyncio.get_running_loop().time()
                 log.warning("rebuilding the engine")
-                if await self.engine.restart(warmup=self.recommender.warmup):
+                if await engine.restart(warmup=self.recommender.warmup):
                     took = asyncio.get_running_loop().time() - t0
                     self.metrics.engine_restarts.inc()
                     self.metrics.engine_recovery_seconds.set(took)
@@ -168,7 +194,11 @@ class SlatewiseServer:
         for task in (self._engine_task, self._lag_task):
             if task is not None and not task.done():
                 task.cancel()
+        if self.switcher is not None:
+            await self.switcher.close()
         await self.engine.shutdown()
+        if self.feedback is not None:
+            await self.feedback.close()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
             self._metrics_http.server_close()

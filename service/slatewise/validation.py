@@ -58,6 +58,7 @@ def validate(request: pb.RecommendRequest, snapshot: CatalogueSnapshot,
     check.text("context.query", ctx.query, limit=limits.max_query_chars)
     check.text("context.user_id", ctx.user_id)
     check.text("request_id", request.request_id)
+    check.text("slate_id", request.slate_id)
     check.attributes("context.attributes", ctx.attributes)
     if len(ctx.history_item_ids) > limits.max_history:
         check.add("context.history_item_ids",
@@ -99,6 +100,7 @@ def validate(request: pb.RecommendRequest, snapshot: CatalogueSnapshot,
         raise InvalidRequest(check.violations)
     return SlateRequest(
         request_id=request.request_id or uuid.uuid4().hex,
+        slate_id=request.slate_id or uuid.uuid4().hex,
         query=ctx.query,
         k=request.k,
         candidates=candidates,

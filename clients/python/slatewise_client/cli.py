@@ -1,4 +1,4 @@
-"""`slatewise-client`: recommend, health (and loadtest) from a shell."""
+"""`slatewise-client`: recommend, feedback, model (hot-swap), health (and loadtest) from a shell."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from google.protobuf import json_format
 from slatewise_client.client import SlateClient, tls_credentials
 from slatewise_client.errors import field_violations
 from slatewise_client.pb import slate_pb2 as pb
+from slatewise_client.requests import FEEDBACK_TYPES, build_event
 
 
 def _add_target(p: argparse.ArgumentParser) -> None:
@@ -85,6 +86,53 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_feedback(args: argparse.Namespace) -> int:
+    """One event from flags, or many from a JSONL file (one event object per line)."""
+    import json
+    import uuid
+
+    if args.file:
+        events = []
+        with open(args.file, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    data = json.loads(line)
+                    events.append(build_event(
+                        str(data["event_id"]), str(data["slate_id"]), str(data["type"]),
+                        data.get("item_ids", ()), positions=data.get("positions", ()),
+                        timestamp=float(data.get("timestamp", 0.0)), user_id=str(data.get("user_id", ""))))
+                except (ValueError, KeyError, TypeError) as exc:
+                    print(f"error: {args.file}:{n}: {type(exc).__name__}: {exc}", file=sys.stderr)
+                    return 2
+    else:
+        if not args.slate_id or not args.type:
+            print("error: give --slate-id and --type, or --file", file=sys.stderr)
+            return 2
+        events = [build_event(args.event_id or uuid.uuid4().hex, args.slate_id, args.type, args.item or (),
+                              user_id=args.user_id)]
+    with _client(args) as client:
+        resp = client.report_events(events, deadline=args.deadline)
+    print(f"accepted {resp.accepted}, duplicates {resp.duplicates}")
+    return 0
+
+
+def cmd_model(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        if args.action == "load":
+            if not args.path:
+                print("error: model load needs a PATH", file=sys.stderr)
+                return 2
+            status = client.load_model(args.path, deadline=args.deadline)
+        elif args.action == "rollback":
+            status = client.rollback_model(deadline=args.deadline)
+        else:
+            status = client.model_status(deadline=args.deadline)
+    print(_to_json(status))
+    return 0
+
+
 def cmd_health(args: argparse.Namespace) -> int:
     with _client(args) as client:
         status = client.health(args.service, deadline=args.deadline)
@@ -111,6 +159,25 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--seed", type=int, default=None)
     rec.add_argument("--json", action="store_true", help="protobuf JSON mapping of the response")
     rec.set_defaults(func=cmd_recommend)
+
+    fb = sub.add_parser("feedback", help="report what a user did with a served slate")
+    _add_target(fb)
+    fb.add_argument("--slate-id", help="Slate.slate_id of the served slate")
+    fb.add_argument("--type", choices=list(FEEDBACK_TYPES))
+    fb.add_argument("--item", action="append", help="item id the event is about (repeatable)")
+    fb.add_argument("--event-id", help="idempotency key (default: a new random id)")
+    fb.add_argument("--user-id", default="")
+    fb.add_argument("--file", help="JSONL of events (event_id, slate_id, type, item_ids, positions, "
+                                   "timestamp, user_id), sent as one batch")
+    fb.add_argument("--deadline", type=float, default=30.0)
+    fb.set_defaults(func=cmd_feedback)
+
+    model = sub.add_parser("model", help="the served model: status, load (hot-swap), rollback")
+    _add_target(model)
+    model.add_argument("action", choices=["status", "load", "rollback"])
+    model.add_argument("path", nargs="?", help="model directory (load), under the server's model_swap_root")
+    model.add_argument("--deadline", type=float, default=600.0)
+    model.set_defaults(func=cmd_model)
 
     health = sub.add_parser("health", help="grpc.health.v1 check")
     _add_target(health)

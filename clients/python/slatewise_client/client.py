@@ -48,6 +48,8 @@ def _connect(client, api, target, credentials, token, options) -> None:
     client._metadata = _credentials_metadata(token)
     client.slates = pb_grpc.SlateServiceStub(client.channel)
     client.catalogue = pb_grpc.CatalogueServiceStub(client.channel)
+    client.feedback = pb_grpc.FeedbackServiceStub(client.channel)
+    client.models = pb_grpc.ModelServiceStub(client.channel)
     client.health_stub = health_pb2_grpc.HealthStub(client.channel)
 
 
@@ -73,6 +75,22 @@ class SlateClient:
         return self.catalogue.GetCatalogueInfo(
             pb.GetCatalogueInfoRequest(), timeout=deadline, metadata=self._metadata
         )
+
+    def report_events(self, events: Sequence[pb.FeedbackEvent],
+                      deadline: float | None = None) -> pb.ReportEventsResponse:
+        """Durable once it returns; INVALID_ARGUMENT names bad events, the good ones are kept."""
+        return self.feedback.ReportEvents(pb.ReportEventsRequest(events=list(events)),
+                                          timeout=deadline, metadata=self._metadata)
+
+    def load_model(self, path: str, deadline: float | None = None) -> pb.ModelStatus:
+        return self.models.LoadModel(pb.LoadModelRequest(path=path), timeout=deadline, metadata=self._metadata)
+
+    def rollback_model(self, deadline: float | None = None) -> pb.ModelStatus:
+        return self.models.RollbackModel(pb.RollbackModelRequest(), timeout=deadline, metadata=self._metadata)
+
+    def model_status(self, deadline: float | None = None) -> pb.ModelStatus:
+        return self.models.GetModelStatus(pb.GetModelStatusRequest(), timeout=deadline,
+                                          metadata=self._metadata)
 
     def health(self, service: str = "", deadline: float | None = 5.0) -> str:
         resp = self.health_stub.Check(
@@ -115,6 +133,23 @@ class AsyncSlateClient:
         return await self.catalogue.GetCatalogueInfo(
             pb.GetCatalogueInfoRequest(), timeout=deadline, metadata=self._metadata
         )
+
+    async def report_events(self, events: Sequence[pb.FeedbackEvent],
+                            deadline: float | None = None) -> pb.ReportEventsResponse:
+        return await self.feedback.ReportEvents(pb.ReportEventsRequest(events=list(events)),
+                                                timeout=deadline, metadata=self._metadata)
+
+    async def load_model(self, path: str, deadline: float | None = None) -> pb.ModelStatus:
+        return await self.models.LoadModel(pb.LoadModelRequest(path=path), timeout=deadline,
+                                           metadata=self._metadata)
+
+    async def rollback_model(self, deadline: float | None = None) -> pb.ModelStatus:
+        return await self.models.RollbackModel(pb.RollbackModelRequest(), timeout=deadline,
+                                               metadata=self._metadata)
+
+    async def model_status(self, deadline: float | None = None) -> pb.ModelStatus:
+        return await self.models.GetModelStatus(pb.GetModelStatusRequest(), timeout=deadline,
+                                                metadata=self._metadata)
 
     async def health(self, service: str = "", deadline: float | None = 5.0) -> str:
         resp = await self.health_stub.Check(

@@ -34,11 +34,13 @@ def build_request(
     relevance_prior: float | None = None,
     request_id: str = "",
     overload_policy: str = "fallback",
+    slate_id: str = "",
 ) -> pb.RecommendRequest:
     """Candidates are catalogue ids (str) or inline items (dicts with id, title,
     category, attributes and optional score)."""
     request = pb.RecommendRequest(
         request_id=request_id,
+        slate_id=slate_id,
         context=pb.Context(
             query=query,
             user_id=user_id,
@@ -72,3 +74,22 @@ def build_request(
             item.score = float(cand["score"])
         request.candidates.add(item=item)
     return request
+
+
+FEEDBACK_TYPES = {
+    "impression": pb.FEEDBACK_TYPE_IMPRESSION,
+    "click": pb.FEEDBACK_TYPE_CLICK,
+    "add_to_cart": pb.FEEDBACK_TYPE_ADD_TO_CART,
+    "purchase": pb.FEEDBACK_TYPE_PURCHASE,
+    "dismiss": pb.FEEDBACK_TYPE_DISMISS,
+}
+
+
+def build_event(event_id: str, slate_id: str, type: str, item_ids: Iterable[str] = (), *,
+                positions: Iterable[int] = (), timestamp: float = 0.0, user_id: str = "") -> pb.FeedbackEvent:
+    """A feedback event about a served slate; ``type`` is one of FEEDBACK_TYPES."""
+    if type not in FEEDBACK_TYPES:
+        raise ValueError(f"type must be one of {', '.join(FEEDBACK_TYPES)}, not {type!r}")
+    return pb.FeedbackEvent(event_id=event_id, slate_id=slate_id, type=FEEDBACK_TYPES[type],
+                            item_ids=list(item_ids), positions=list(positions), timestamp=timestamp,
+                            user_id=user_id)

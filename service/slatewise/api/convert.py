@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from slatewise.catalogue.store import CatalogueSnapshot
-from slatewise.domain import Decision, FallbackReason, Source, Strategy
+from slatewise.domain import Decision, FallbackReason, SlateRequest, Source, Strategy
 from slatewise.proto import pb
 from slatewise.recommender import SlateOutcome
 
@@ -27,9 +27,10 @@ def slate_item(decision: Decision, position: int) -> pb.SlateItem:
     )
 
 
-def slate(outcome: SlateOutcome, request_id: str) -> pb.Slate:
+def slate(outcome: SlateOutcome, request: SlateRequest) -> pb.Slate:
     return pb.Slate(
-        request_id=request_id,
+        request_id=request.request_id,
+        slate_id=request.slate_id,
         items=[slate_item(d, i) for i, d in enumerate(outcome.decisions)],
         strategy=STRATEGY[outcome.strategy],
         fallback_reason=REASON[outcome.reason],

@@ -12,6 +12,8 @@ from slatewise.api import convert
 from slatewise.config import Settings
 from slatewise.domain import Decision
 from slatewise.errors import InvalidRequest, abort_invalid
+from slatewise.feedback.records import ServedSlate
+from slatewise.feedback.store import FeedbackStore
 from slatewise.metrics import Metrics
 from slatewise.proto import pb, pb_grpc
 from slatewise.recommender import Overloaded, Recommender, SlateOutcome
@@ -22,10 +24,12 @@ log = logging.getLogger("slatewise.requests")
 
 
 class SlateService(pb_grpc.SlateServiceServicer):
-    def __init__(self, settings: Settings, recommender: Recommender, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, recommender: Recommender, metrics: Metrics,
+                 feedback: FeedbackStore | None = None) -> None:
         self.settings = settings
         self.recommender = recommender
         self.metrics = metrics
+        self.feedback = feedback
         self.admission = InflightLimit(settings.max_inflight_requests)
 
     def _deadline(self, context: grpc.aio.ServicerContext, arrived: float) -> float | None:
@@ -44,6 +48,8 @@ class SlateService(pb_grpc.SlateServiceServicer):
         try:
             try:
                 req = validate(request, self.recommender.store.snapshot, self.settings)
+                if self.feedback is not None and self.feedback.slate_id_taken(req.slate_id):
+                    raise InvalidRequest([("slate_id", f"{req.slate_id[:64]!r} was already served")])
                 position = 0
                 async for event in self.recommender.run(req, arrived, self._deadline(context, arrived)):
                     if isinstance(event, Decision):
@@ -51,8 +57,10 @@ class SlateService(pb_grpc.SlateServiceServicer):
                         position += 1
                     else:
                         strategy = event.strategy.value
+                        if self.feedback is not None:
+                            await self.feedback.record_slate(served(req, event))
                         self._log(req.request_id, method, event, context.time_remaining())
-                        yield "slate", event, req.request_id
+                        yield "slate", event, req
             except InvalidRequest as exc:
                 code = grpc.StatusCode.INVALID_ARGUMENT
                 await abort_invalid(context, exc)
@@ -97,3 +105,10 @@ class SlateService(pb_grpc.SlateServiceServicer):
                 yield pb.SlateEvent(item=convert.slate_item(event, extra))
             else:
                 yield pb.SlateEvent(slate=convert.slate(event, extra))
+
+
+def served(req, outcome: SlateOutcome) -> ServedSlate:
+    """What the feedback log keeps of a slate: enough to train on what was shown."""
+    return ServedSlate(slate_id=req.slate_id, time=time.time(), items=[d.item.id for d in outcome.decisions],
+                       user_id=req.user_id, query=req.query, history=list(req.history_ids),
+                       model_id=outcome.model_id, strategy=outcome.strategy.value.upper())

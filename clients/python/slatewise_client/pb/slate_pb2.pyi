@@ -39,6 +39,15 @@ class ItemSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ITEM_SOURCE_UNSPECIFIED: _ClassVar[ItemSource]
     ITEM_SOURCE_MODEL: _ClassVar[ItemSource]
     ITEM_SOURCE_FALLBACK: _ClassVar[ItemSource]
+
+class FeedbackType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FEEDBACK_TYPE_UNSPECIFIED: _ClassVar[FeedbackType]
+    FEEDBACK_TYPE_IMPRESSION: _ClassVar[FeedbackType]
+    FEEDBACK_TYPE_CLICK: _ClassVar[FeedbackType]
+    FEEDBACK_TYPE_ADD_TO_CART: _ClassVar[FeedbackType]
+    FEEDBACK_TYPE_PURCHASE: _ClassVar[FeedbackType]
+    FEEDBACK_TYPE_DISMISS: _ClassVar[FeedbackType]
 STRATEGY_UNSPECIFIED: Strategy
 STRATEGY_AUTO: Strategy
 STRATEGY_MODEL: Strategy
@@ -60,6 +69,12 @@ OVERLOAD_POLICY_REJECT: OverloadPolicy
 ITEM_SOURCE_UNSPECIFIED: ItemSource
 ITEM_SOURCE_MODEL: ItemSource
 ITEM_SOURCE_FALLBACK: ItemSource
+FEEDBACK_TYPE_UNSPECIFIED: FeedbackType
+FEEDBACK_TYPE_IMPRESSION: FeedbackType
+FEEDBACK_TYPE_CLICK: FeedbackType
+FEEDBACK_TYPE_ADD_TO_CART: FeedbackType
+FEEDBACK_TYPE_PURCHASE: FeedbackType
+FEEDBACK_TYPE_DISMISS: FeedbackType
 
 class Context(_message.Message):
     __slots__ = ("query", "user_id", "history_item_ids", "attributes")
@@ -129,7 +144,7 @@ class Constraints(_message.Message):
     def __init__(self, max_per_category: _Optional[int] = ..., category_limits: _Optional[_Mapping[str, int]] = ..., exclude_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("request_id", "context", "candidates", "k", "constraints", "diversity", "strategy", "temperature", "seed", "relevance_prior", "overload_policy")
+    __slots__ = ("request_id", "context", "candidates", "k", "constraints", "diversity", "strategy", "temperature", "seed", "relevance_prior", "overload_policy", "slate_id")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
@@ -141,6 +156,7 @@ class RecommendRequest(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     RELEVANCE_PRIOR_FIELD_NUMBER: _ClassVar[int]
     OVERLOAD_POLICY_FIELD_NUMBER: _ClassVar[int]
+    SLATE_ID_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     context: Context
     candidates: _containers.RepeatedCompositeFieldContainer[Candidate]
@@ -152,7 +168,8 @@ class RecommendRequest(_message.Message):
     seed: int
     relevance_prior: float
     overload_policy: OverloadPolicy
-    def __init__(self, request_id: _Optional[str] = ..., context: _Optional[_Union[Context, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., k: _Optional[int] = ..., constraints: _Optional[_Union[Constraints, _Mapping]] = ..., diversity: _Optional[float] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., relevance_prior: _Optional[float] = ..., overload_policy: _Optional[_Union[OverloadPolicy, str]] = ...) -> None: ...
+    slate_id: str
+    def __init__(self, request_id: _Optional[str] = ..., context: _Optional[_Union[Context, _Mapping]] = ..., candidates: _Optional[_Iterable[_Union[Candidate, _Mapping]]] = ..., k: _Optional[int] = ..., constraints: _Optional[_Union[Constraints, _Mapping]] = ..., diversity: _Optional[float] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., temperature: _Optional[float] = ..., seed: _Optional[int] = ..., relevance_prior: _Optional[float] = ..., overload_policy: _Optional[_Union[OverloadPolicy, str]] = ..., slate_id: _Optional[str] = ...) -> None: ...
 
 class SlateItem(_message.Message):
     __slots__ = ("item_id", "position", "source", "score", "category", "title")
@@ -189,7 +206,7 @@ class Timings(_message.Message):
     def __init__(self, time_to_first_item_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ...) -> None: ...
 
 class Slate(_message.Message):
-    __slots__ = ("request_id", "items", "strategy", "fallback_reason", "diversity", "timings", "model_id", "catalogue_version", "generated_tokens")
+    __slots__ = ("request_id", "items", "strategy", "fallback_reason", "diversity", "timings", "model_id", "catalogue_version", "generated_tokens", "slate_id")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
@@ -199,6 +216,7 @@ class Slate(_message.Message):
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     CATALOGUE_VERSION_FIELD_NUMBER: _ClassVar[int]
     GENERATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SLATE_ID_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     items: _containers.RepeatedCompositeFieldContainer[SlateItem]
     strategy: Strategy
@@ -208,7 +226,8 @@ class Slate(_message.Message):
     model_id: str
     catalogue_version: int
     generated_tokens: int
-    def __init__(self, request_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[SlateItem, _Mapping]]] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., fallback_reason: _Optional[_Union[FallbackReason, str]] = ..., diversity: _Optional[_Union[DiversityMetrics, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., model_id: _Optional[str] = ..., catalogue_version: _Optional[int] = ..., generated_tokens: _Optional[int] = ...) -> None: ...
+    slate_id: str
+    def __init__(self, request_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[SlateItem, _Mapping]]] = ..., strategy: _Optional[_Union[Strategy, str]] = ..., fallback_reason: _Optional[_Union[FallbackReason, str]] = ..., diversity: _Optional[_Union[DiversityMetrics, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., model_id: _Optional[str] = ..., catalogue_version: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., slate_id: _Optional[str] = ...) -> None: ...
 
 class SlateEvent(_message.Message):
     __slots__ = ("item", "slate")
@@ -269,3 +288,65 @@ class CatalogueInfo(_message.Message):
     version: int
     categories: _containers.ScalarMap[str, int]
     def __init__(self, size: _Optional[int] = ..., version: _Optional[int] = ..., categories: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
+class FeedbackEvent(_message.Message):
+    __slots__ = ("event_id", "slate_id", "type", "item_ids", "positions", "timestamp", "user_id")
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SLATE_ID_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    POSITIONS_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    event_id: str
+    slate_id: str
+    type: FeedbackType
+    item_ids: _containers.RepeatedScalarFieldContainer[str]
+    positions: _containers.RepeatedScalarFieldContainer[int]
+    timestamp: float
+    user_id: str
+    def __init__(self, event_id: _Optional[str] = ..., slate_id: _Optional[str] = ..., type: _Optional[_Union[FeedbackType, str]] = ..., item_ids: _Optional[_Iterable[str]] = ..., positions: _Optional[_Iterable[int]] = ..., timestamp: _Optional[float] = ..., user_id: _Optional[str] = ...) -> None: ...
+
+class ReportEventsRequest(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[FeedbackEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[FeedbackEvent, _Mapping]]] = ...) -> None: ...
+
+class ReportEventsResponse(_message.Message):
+    __slots__ = ("accepted", "duplicates")
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    accepted: int
+    duplicates: int
+    def __init__(self, accepted: _Optional[int] = ..., duplicates: _Optional[int] = ...) -> None: ...
+
+class LoadModelRequest(_message.Message):
+    __slots__ = ("path",)
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    def __init__(self, path: _Optional[str] = ...) -> None: ...
+
+class RollbackModelRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetModelStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelStatus(_message.Message):
+    __slots__ = ("model_id", "path", "previous_model_id", "previous_path", "last_load_seconds", "switches")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_PATH_FIELD_NUMBER: _ClassVar[int]
+    LAST_LOAD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SWITCHES_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    path: str
+    previous_model_id: str
+    previous_path: str
+    last_load_seconds: float
+    switches: int
+    def __init__(self, model_id: _Optional[str] = ..., path: _Optional[str] = ..., previous_model_id: _Optional[str] = ..., previous_path: _Optional[str] = ..., last_load_seconds: _Optional[float] = ..., switches: _Optional[int] = ...) -> None: ...

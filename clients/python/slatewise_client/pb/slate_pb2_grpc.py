@@ -312,3 +312,262 @@ class CatalogueService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class FeedbackServiceStub:
+    """Takes what users did with the slates they were shown: the log the next
+    model learns from (`slatewise train --events DIR`). Needs the server's
+    feedback log (feedback_dir); FAILED_PRECONDITION without one.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ReportEvents = channel.unary_unary(
+                '/slatewise.v1.FeedbackService/ReportEvents',
+                request_serializer=slatewise_dot_v1_dot_slate__pb2.ReportEventsRequest.SerializeToString,
+                response_deserializer=slatewise_dot_v1_dot_slate__pb2.ReportEventsResponse.FromString,
+                _registered_method=True)
+
+
+class FeedbackServiceServicer:
+    """Takes what users did with the slates they were shown: the log the next
+    model learns from (`slatewise train --events DIR`). Needs the server's
+    feedback log (feedback_dir); FAILED_PRECONDITION without one.
+    """
+
+    def ReportEvents(self, request, context):
+        """Appends events (one or a batch). Returns once the accepted ones are
+        durable (per the server's fsync policy). Idempotent by event_id: an id
+        seen before counts as a duplicate, not an error. Invalid events get
+        INVALID_ARGUMENT with a google.rpc.BadRequest naming each (events[i].field);
+        the valid events of the same batch are accepted all the same, and the
+        status message says how many.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_FeedbackServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ReportEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportEvents,
+                    request_deserializer=slatewise_dot_v1_dot_slate__pb2.ReportEventsRequest.FromString,
+                    response_serializer=slatewise_dot_v1_dot_slate__pb2.ReportEventsResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'slatewise.v1.FeedbackService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('slatewise.v1.FeedbackService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class FeedbackService:
+    """Takes what users did with the slates they were shown: the log the next
+    model learns from (`slatewise train --events DIR`). Needs the server's
+    feedback log (feedback_dir); FAILED_PRECONDITION without one.
+    """
+
+    @staticmethod
+    def ReportEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slatewise.v1.FeedbackService/ReportEvents',
+            slatewise_dot_v1_dot_slate__pb2.ReportEventsRequest.SerializeToString,
+            slatewise_dot_v1_dot_slate__pb2.ReportEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class ModelServiceStub:
+    """Loads, switches and rolls back the served model without a restart (the
+    server's model_swap_root must hold the directories; FAILED_PRECONDITION
+    without it). Requests in flight finish on the model they started on.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.LoadModel = channel.unary_unary(
+                '/slatewise.v1.ModelService/LoadModel',
+                request_serializer=slatewise_dot_v1_dot_slate__pb2.LoadModelRequest.SerializeToString,
+                response_deserializer=slatewise_dot_v1_dot_slate__pb2.ModelStatus.FromString,
+                _registered_method=True)
+        self.RollbackModel = channel.unary_unary(
+                '/slatewise.v1.ModelService/RollbackModel',
+                request_serializer=slatewise_dot_v1_dot_slate__pb2.RollbackModelRequest.SerializeToString,
+                response_deserializer=slatewise_dot_v1_dot_slate__pb2.ModelStatus.FromString,
+                _registered_method=True)
+        self.GetModelStatus = channel.unary_unary(
+                '/slatewise.v1.ModelService/GetModelStatus',
+                request_serializer=slatewise_dot_v1_dot_slate__pb2.GetModelStatusRequest.SerializeToString,
+                response_deserializer=slatewise_dot_v1_dot_slate__pb2.ModelStatus.FromString,
+                _registered_method=True)
+
+
+class ModelServiceServicer:
+    """Loads, switches and rolls back the served model without a restart (the
+    server's model_swap_root must hold the directories; FAILED_PRECONDITION
+    without it). Requests in flight finish on the model they started on.
+    """
+
+    def LoadModel(self, request, context):
+        """Starts DIR in a new engine beside the serving one, warms it up (one real
+        slate), then switches traffic to it. A model that fails to load or to
+        warm up never takes traffic (FAILED_PRECONDITION, the serving model stays).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackModel(self, request, context):
+        """Switches back to the model served before the last switch (reloading it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetModelStatus(self, request, context):
+        """Which model serves now, and which one a rollback would restore.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ModelServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'LoadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadModel,
+                    request_deserializer=slatewise_dot_v1_dot_slate__pb2.LoadModelRequest.FromString,
+                    response_serializer=slatewise_dot_v1_dot_slate__pb2.ModelStatus.SerializeToString,
+            ),
+            'RollbackModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackModel,
+                    request_deserializer=slatewise_dot_v1_dot_slate__pb2.RollbackModelRequest.FromString,
+                    response_serializer=slatewise_dot_v1_dot_slate__pb2.ModelStatus.SerializeToString,
+            ),
+            'GetModelStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModelStatus,
+                    request_deserializer=slatewise_dot_v1_dot_slate__pb2.GetModelStatusRequest.FromString,
+                    response_serializer=slatewise_dot_v1_dot_slate__pb2.ModelStatus.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'slatewise.v1.ModelService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('slatewise.v1.ModelService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ModelService:
+    """Loads, switches and rolls back the served model without a restart (the
+    server's model_swap_root must hold the directories; FAILED_PRECONDITION
+    without it). Requests in flight finish on the model they started on.
+    """
+
+    @staticmethod
+    def LoadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slatewise.v1.ModelService/LoadModel',
+            slatewise_dot_v1_dot_slate__pb2.LoadModelRequest.SerializeToString,
+            slatewise_dot_v1_dot_slate__pb2.ModelStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slatewise.v1.ModelService/RollbackModel',
+            slatewise_dot_v1_dot_slate__pb2.RollbackModelRequest.SerializeToString,
+            slatewise_dot_v1_dot_slate__pb2.ModelStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModelStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/slatewise.v1.ModelService/GetModelStatus',
+            slatewise_dot_v1_dot_slate__pb2.GetModelStatusRequest.SerializeToString,
+            slatewise_dot_v1_dot_slate__pb2.ModelStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
