@@ -84,9 +84,15 @@ def test_events_are_checked_logged_and_idempotent(tmp_path):
     assert events["e2"].type == "click" and events["e2"].positions == [2]
     assert events["e8"].user_id == "u9" and events["e3"].time > 0
 
+    # A torn last record (a write cut short by a crash): detected, cut off and
+    # reported at the next start, and nothing before it is lost.
+    segment = sorted(log_dir.glob("*.seg"))[-1]
+    with segment.open("ab") as f:
+        f.write(records[-1].encode()[:5])  # not even a whole header
     # A restart rebuilds what was served and which events were taken.
     server = _serve(tmp_path, log_dir)
     try:
+        assert "torn tail discarded" in server.log_path.read_text()
         with SlateClient(server.target) as client:
             resp = client.report_events([build_event("e2", slate.slate_id, "click", [items[2]]),
                                          build_event("e9", slate.slate_id, "click", [items[3]])])
@@ -95,6 +101,7 @@ def test_events_are_checked_logged_and_idempotent(tmp_path):
                 client.recommend("again", 2, slate_id="my-slate-1")
     finally:
         stop_server(server)
+    assert len(_records(log_dir)) == len(records) + 1  # e9
 
 
 def test_feedback_is_off_without_a_directory(pointwise_server):
