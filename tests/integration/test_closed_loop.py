@@ -7,10 +7,12 @@ roll back with one call.
 
 from __future__ import annotations
 
+import json
 import random
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections import Counter
 
@@ -114,12 +116,15 @@ def test_feedback_trains_a_model_that_is_hot_swapped_in_under_load(loop):
             before = len(served)
             after_switch = client.recommend(request=build_request("", 5, history=[ids[0]], strategy="model"))
             assert after_switch.model_id == "slates-v2"
+            time.sleep(3)  # the new model under the same load for a while
     finally:
         stop.set()
         for t in threads:
             t.join(120)
-    assert not failures, failures[:5]
     by_model = Counter(m for m, _ in served)
+    print(json.dumps({"hot_swap_under_load": {"slates": len(served), "failures": len(failures),
+                                              "by_model": by_model, "load_seconds": status.last_load_seconds}}))
+    assert not failures, failures[:5]
     assert set(by_model) <= {"slates-v1", "slates-v2"}, by_model  # every slate from exactly one model
     assert by_model["slates-v1"] and by_model["slates-v2"], by_model
     assert all(strategy == pb.STRATEGY_MODEL for _, strategy in served)

@@ -1,14 +1,20 @@
-"""`slatewise train`: learn a slate model from an interaction log.
+"""`slatewise train`: learn a slate model from an interaction log, the
+server's feedback log, or both.
 
     slatewise train --interactions events.jsonl --catalogue catalogue.jsonl --out models/slates
+    slatewise train --events feedback/ --catalogue catalogue.jsonl --out models/slates
 
 writes a model directory that `slatewise serve --model DIR` serves (config.json,
 model.safetensors, slatewise/query_projection.safetensors, manifest.json),
 prints the validation table (markdown, or JSON with --json) to stdout and
 progress to stderr (a bar on a terminal, JSON lines otherwise). Bad rows of
-the log are counted and listed with file:line; input that cannot be used at
-all exits with status 2. Under torchrun/accelerate the same command trains
-on every rank (see slatewise.training.trainer).
+the log are counted and listed with file:line, damaged feedback records with
+their segment and offset; input that cannot be used at all exits with
+status 2. From a feedback log, clicks, add-to-carts and purchases become
+interactions, and every shown slate an example of which of its items were
+taken and which were ignored (see slatewise.training.events). Under
+torchrun/accelerate the same command trains on every rank (see
+slatewise.training.trainer).
 """
 
 from __future__ import annotations
@@ -31,7 +37,9 @@ HELP = {
     "slate_k": "training target: the next K distinct items",
     "max_history": "history items in a prompt",
     "min_rating": "keep rows whose rating (else weight) is at least this; rows with neither are kept",
-    "events": "comma-separated event names to keep (rows without an event are then dropped)",
+    "event_types": "comma-separated event names (feedback event types) to keep as interactions "
+                   "(file rows without an event are then dropped)",
+    "negative_weight": "weight of the unlikelihood term that demotes shown-but-ignored items (--events; 0 = off)",
     "device": "auto (the GPU when present, else the CPU), cpu, cuda or cuda:N",
     "threads": "torch CPU threads (0 = torch's default, every core; 1 is fastest for small models on a CPU)",
     "max_events_per_user": "newest events kept per user: bounds memory on huge logs",
@@ -43,7 +51,9 @@ def _parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="slatewise train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--interactions", required=True, type=Path, metavar="FILE", help="JSONL interaction log")
+    p.add_argument("--interactions", type=Path, metavar="FILE", help="JSONL interaction log")
+    p.add_argument("--events", dest="event_logs", action="append", default=[], type=Path, metavar="DIR",
+                   help="a feedback event log directory (repeatable; with --interactions, one pool of users)")
     p.add_argument("--catalogue", required=True, type=Path, metavar="FILE",
                    help="the server's catalogue JSONL (the model's vocabulary)")
     p.add_argument("--out", required=True, type=Path, metavar="DIR", help="model directory to write")
@@ -51,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         default = f.default
-        if f.name == "events":
+        if f.name == "event_types":
             p.add_argument(flag, default="", metavar="A,B", help=HELP[f.name])
         else:
             kind = float if default is None else type(default)
@@ -61,11 +71,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.interactions is None and not args.event_logs:
+        parser.error("give --interactions FILE, --events DIR, or both")
     from slatewise.training.trainer import TrainConfig
 
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
-    values["events"] = tuple(e.strip() for e in args.events.split(",") if e.strip())
+    values["event_types"] = tuple(e.strip() for e in args.event_types.split(",") if e.strip())
     cfg = TrainConfig(**values)
     problem = _check(cfg)
     if problem:
@@ -83,7 +96,7 @@ def main(argv: list[str]) -> int:
     settings = Settings()
     try:
         result = train(cfg, args.interactions, args.catalogue, args.out, _embedder(settings),
-                       embedding_model=settings.embedding_model)
+                       embedding_model=settings.embedding_model, event_logs=args.event_logs)
     except (CatalogueError, InteractionsError) as exc:
         print(f"slatewise train: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -125,6 +138,8 @@ def _check(cfg) -> str:
         return "--diversity must be between 0 and 1"
     if cfg.lr <= 0:
         return "--lr must be positive"
+    if cfg.negative_weight < 0:
+        return "--negative-weight must not be negative"
     return ""
 
 

@@ -37,6 +37,16 @@ mean text embedding of a random subset of the slate items. In the
 a query is a case the model has seen; the other examples have no query slot
 at all, as a history-only request has none.
 
+Feedback slates (``slatewise train --events``, :mod:`.events`). A served
+slate that was shown is an example with the context it was served for (its
+own history and query: no pseudo-query, nothing dropped) and the items the
+user took as the slate, so the same targets apply. Shown items nobody took
+are *negatives*: the loss adds an unlikelihood term, -log(1 - p(item)), on
+the first-step ([SEP]) distribution, the one that ranks candidates when the
+server writes a slate. A slate where nothing was taken has no targets, only
+negatives. History positions of these examples carry no weight: the
+history is the user's sequence, which the interactions already train on.
+
 Randomness comes from ``(seed, epoch, example)`` only, so an epoch is the
 same whatever the batch order, the number of workers or of ranks.
 """
@@ -46,6 +56,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -54,6 +65,9 @@ from torch.utils.data import Dataset
 from slatewise.catalogue.items import CatalogueItem
 from slatewise.training.interactions import InteractionLog
 from slatewise.training.manifest import prompt_layout
+
+if TYPE_CHECKING:
+    from slatewise.training.events import SlateFeedback
 
 PAD, BOS, EOS, SEP = 0, 1, 2, 3
 N_SPECIAL = 4  # item i is token N_SPECIAL + i
@@ -204,6 +218,27 @@ class SlateExamples(Dataset):
         return build_example(history, slate, query, self.slate_k, self.history_weight)
 
 
+class FeedbackExamples(Dataset):
+    """One example per shown slate of the feedback log: its served context,
+    the items taken as the slate, the ignored ones as negatives. Queries are
+    embedded once, as the server embeds a request's query."""
+
+    def __init__(self, slates: Sequence[SlateFeedback], embed: Callable[[list[str]], np.ndarray], *,
+                 slate_k: int):
+        texts = sorted({s.query for s in slates if s.query})
+        vectors = np.asarray(embed(texts), dtype=np.float32) if texts else []
+        self.query_vectors = dict(zip(texts, vectors))
+        self.slates, self.slate_k = list(slates), slate_k
+
+    def __len__(self) -> int:
+        return len(self.slates)
+
+    def __getitem__(self, i: int) -> dict:
+        s = self.slates[i]
+        return build_example(list(s.history), list(s.positives[:self.slate_k]), self.query_vectors.get(s.query),
+                             self.slate_k, history_weight=0.0, negatives=s.negatives)
+
+
 SPECIAL_TOKENS = {"pad": PAD, "bos": BOS, "eos": EOS, "sep": SEP}
 
 
@@ -213,7 +248,9 @@ def prompt_tokens(history: Sequence[int], with_query: bool) -> list[int]:
 
 
 def build_example(history: list[int], slate: list[int], query: np.ndarray | None, k: int,
-                  history_weight: float) -> dict:
+                  history_weight: float, negatives: Sequence[int] = ()) -> dict:
+    """Token ids and per-position targets; ``negatives`` are items the
+    first-step distribution (at [SEP]) should move away from."""
     prompt = prompt_tokens(history, query is not None)
     ids = prompt + [N_SPECIAL + t for t in slate]
     n = len(ids)
@@ -236,13 +273,15 @@ def build_example(history: list[int], slate: list[int], query: np.ndarray | None
         sets[p, :len(rest)] = rest
         weights[p] = 1.0
     return {"ids": np.array(ids, dtype=np.int64), "labels": labels, "sets": sets, "weights": weights,
-            "query": query, "query_at": 1 if query is not None else -1}
+            "query": query, "query_at": 1 if query is not None else -1,
+            "negatives": np.array(negatives, dtype=np.int64), "negatives_at": sep if len(negatives) else -1}
 
 
 def collate(batch: list[dict]) -> dict[str, torch.Tensor]:
-    """Right-pad to the longest example (PAD, label -1, weight 0)."""
+    """Right-pad to the longest example (PAD, label -1, weight 0, negative -1)."""
     n = max(len(b["ids"]) for b in batch)
     k = batch[0]["sets"].shape[1]
+    m = max(len(b["negatives"]) for b in batch)
     dim = next((len(b["query"]) for b in batch if b["query"] is not None), 1)
     out = {
         "ids": torch.full((len(batch), n), PAD, dtype=torch.long),
@@ -252,6 +291,8 @@ def collate(batch: list[dict]) -> dict[str, torch.Tensor]:
         "weights": torch.zeros((len(batch), n), dtype=torch.float32),
         "query": torch.zeros((len(batch), dim), dtype=torch.float32),
         "query_at": torch.full((len(batch),), -1, dtype=torch.long),
+        "negatives": torch.full((len(batch), m), -1, dtype=torch.long),
+        "negatives_at": torch.full((len(batch),), -1, dtype=torch.long),
     }
     for r, b in enumerate(batch):
         m = len(b["ids"])
@@ -263,4 +304,6 @@ def collate(batch: list[dict]) -> dict[str, torch.Tensor]:
         if b["query"] is not None:
             out["query"][r] = torch.from_numpy(np.asarray(b["query"], dtype=np.float32))
             out["query_at"][r] = b["query_at"]
+        out["negatives"][r, :len(b["negatives"])] = torch.from_numpy(b["negatives"])
+        out["negatives_at"][r] = b["negatives_at"]
     return out

@@ -24,7 +24,7 @@ import json
 import math
 from array import array
 from collections import Counter
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -153,6 +153,13 @@ class _Columns:
         if self.cap is not None and len(self.users) >= self.compact_every:
             self.compact()
 
+    def extend(self, users: np.ndarray, items: np.ndarray, times: np.ndarray) -> None:
+        self.users.frombytes(users.astype(np.int32).tobytes())
+        self.items.frombytes(items.astype(np.int32).tobytes())
+        self.times.frombytes(times.astype(np.float64).tobytes())
+        if self.cap is not None and len(self.users) >= self.compact_every:
+            self.compact()
+
     def compact(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         new = (np.frombuffer(self.users, dtype=np.int32), np.frombuffer(self.items, dtype=np.int32),
                np.frombuffer(self.times, dtype=np.float64))
@@ -172,6 +179,57 @@ class _Columns:
         self.kept = (users, items, times)
         self.users, self.items, self.times = array("i"), array("i"), array("d")
         return self.kept
+
+
+class SequenceBuilder:
+    """Rows from any source -> an :class:`InteractionLog`, under the per-user
+    cap: the file reader below, the feedback-log reader
+    (:mod:`slatewise.training.events`) and :func:`merge_logs` all build
+    their sequences here, so they order and cap events the same way."""
+
+    def __init__(self, max_events_per_user: int | None = None, compact_every: int = 1 << 22):
+        self.users: dict[str, int] = {}
+        self._cols = _Columns(max_events_per_user, compact_every)
+
+    def add(self, user_id: str, item: int, ts: float) -> None:
+        self._cols.append(self.users.setdefault(user_id, len(self.users)), item, ts)
+
+    def add_log(self, log: InteractionLog) -> None:
+        index = np.array([self.users.setdefault(u, len(self.users)) for u in log.user_ids], dtype=np.int32)
+        self._cols.extend(np.repeat(index, np.diff(log.offsets)), log.items, log.timestamps)
+
+    def build(self, report: ReadReport) -> InteractionLog:
+        """The CSR log; fills in the report's totals (rows used, users,
+        items, time range, rows over the per-user cap)."""
+        user_col, item_col, time_col = self._cols.compact()
+        if self._cols.dropped:
+            report.filtered["over_user_cap"] += self._cols.dropped
+        # users whose events were all capped away cannot happen (the newest stay),
+        # so every user index owns at least one event
+        n_users = len(self.users)
+        counts = np.bincount(user_col, minlength=n_users) if n_users else np.zeros(0, np.int64)
+        offsets = np.zeros(n_users + 1, dtype=np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        report.rows_used = len(item_col)
+        report.users = n_users
+        report.items = int(len(np.unique(item_col)))
+        if len(time_col):
+            report.first_timestamp, report.last_timestamp = float(time_col.min()), float(time_col.max())
+        return InteractionLog(list(self.users), offsets, item_col.astype(np.int32, copy=False),
+                              time_col, report)
+
+
+def merge_logs(logs: Sequence[InteractionLog], max_events_per_user: int | None = None) -> InteractionLog:
+    """One pool of users from several sources (an interaction file and the
+    feedback log): a user id found in both is one user whose events
+    interleave by time (ties: the earlier source first), and the per-user cap
+    applies to the pool. The report counts the pool, not the sources."""
+    builder = SequenceBuilder(max_events_per_user)
+    for log in logs:
+        builder.add_log(log)
+    report = ReadReport(" + ".join(log.report.path for log in logs))
+    report.rows_read = sum(len(log.items) for log in logs)
+    return builder.build(report)
 
 
 def read_interactions(
@@ -195,8 +253,7 @@ def read_interactions(
     """
     report = ReadReport(str(path), max_examples=max_examples)
     allowed = frozenset(events) if events else None
-    users: dict[str, int] = {}
-    cols = _Columns(max_events_per_user, compact_every)
+    builder = SequenceBuilder(max_events_per_user, compact_every)
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed below
     except OSError as exc:
@@ -212,25 +269,10 @@ def read_interactions(
                     continue
                 row = _parse(line, lineno, report, item_index, min_rating, allowed)
                 if row is not None:
-                    user_id, item, ts = row
-                    cols.append(users.setdefault(user_id, len(users)), item, ts)
+                    builder.add(*row)
         except OSError as exc:
             raise InteractionsError(f"{path}: read failed: {exc.strerror or exc}") from exc
-    user_col, item_col, time_col = cols.compact()
-    if cols.dropped:
-        report.filtered["over_user_cap"] += cols.dropped
-    # users whose events were all capped away cannot happen (the newest stay),
-    # so every user index owns at least one event
-    counts = np.bincount(user_col, minlength=len(users)) if len(users) else np.zeros(0, np.int64)
-    offsets = np.zeros(len(users) + 1, dtype=np.int64)
-    np.cumsum(counts, out=offsets[1:])
-    report.rows_used = len(item_col)
-    report.users = len(users)
-    report.items = int(len(np.unique(item_col)))
-    if len(time_col):
-        report.first_timestamp, report.last_timestamp = float(time_col.min()), float(time_col.max())
-    return InteractionLog(list(users), offsets, item_col.astype(np.int32, copy=False),
-                          time_col, report)
+    return builder.build(report)
 
 
 def _parse(line: bytes, lineno: int, report: ReadReport, item_index: Mapping[str, int],

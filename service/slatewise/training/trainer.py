@@ -45,9 +45,11 @@ from slatewise.catalogue.loader import load_jsonl
 from slatewise.evaluation.metrics import METRIC_NAMES, nanmean, ndcg_at_k, slate_quality
 from slatewise.pointwise.select import select
 from slatewise.training.data import (
-    N_SPECIAL, SPECIAL_TOKENS, QueryBank, SlateExamples, Split, collate, prompt_tokens, time_split,
+    N_SPECIAL, SPECIAL_TOKENS, FeedbackExamples, QueryBank, SlateExamples, Split, collate, prompt_tokens,
+    time_split,
 )
-from slatewise.training.interactions import InteractionsError, read_interactions
+from slatewise.training.events import FeedbackData, before_holdout, read_events
+from slatewise.training.interactions import InteractionLog, InteractionsError, merge_logs, read_interactions
 from slatewise.training.manifest import MANIFEST_FILE, Manifest, catalogue_fingerprint
 from slatewise.training.model import QUERY_PROJECTION_FILE, ModelShape, SlateModel, build_model, save_model
 
@@ -79,12 +81,13 @@ class TrainConfig:
     # the whole run took 102 s on one core.
     eval_every: int = 100
     set_weight: float = 1.0  # weight of the set (any-order slate) target beside next-item CE
+    negative_weight: float = 1.0  # weight of the unlikelihood term on shown-but-ignored items (--events)
     history_weight: float = 0.5  # weight of next-item targets inside the history
     p_query: float = 0.35  # examples with a pseudo-query and the history
     p_query_only: float = 0.15  # examples with a pseudo-query and no history
     stride: int = 1  # use every stride-th cut point of a sequence
     min_rating: float | None = None
-    events: tuple[str, ...] = ()  # event names to keep (empty = all)
+    event_types: tuple[str, ...] = ()  # event names to keep (empty = all)
     max_events_per_user: int = 500  # newest events kept per user (memory bound)
     hidden: int = 64
     layers: int = 2
@@ -194,6 +197,12 @@ class Progress:
         if kind == "read":
             text = "\n".join([f"read {fields['rows_read']} rows, used {fields['rows_used']}",
                               *fields["problems"]])
+        elif kind == "read_events":
+            text = "\n".join([
+                f"read {fields['records']} feedback records: {fields['slates']} slates, events "
+                f"{fields['events']}, {fields['interactions_used']} interactions used, "
+                f"{fields['slate_examples']} slate examples ({fields['positives']} positives, "
+                f"{fields['negatives']} negatives)", *fields["problems"]])
         elif kind == "start":
             text = (f"training on {fields['device']} (world {fields['world']}): {fields['examples']} examples, "
                     f"{fields['steps_per_epoch']} steps per epoch, {fields['valid_users']} validation users")
@@ -222,10 +231,11 @@ def _json_default(o):
 
 # ---- loss -----------------------------------------------------------------------------
 
-def slate_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor],
-               set_weight: float) -> tuple[torch.Tensor, dict[str, float]]:
+def slate_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor], set_weight: float,
+               negative_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
     """Weighted mean over target positions of next-item CE + set_weight x set
-    NLL (mean -log p over the window: a multi-label softmax)."""
+    NLL (mean -log p over the window: a multi-label softmax), plus
+    negative_weight x the unlikelihood of the batch's negatives."""
     logp = logits.float().log_softmax(-1)
     labels, sets, w = batch["labels"], batch["sets"], batch["weights"]
     ce = -logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1) * (labels >= 0)
@@ -233,7 +243,26 @@ def slate_loss(logits: torch.Tensor, batch: dict[str, torch.Tensor],
     set_nll = -(logp.gather(-1, sets.clamp(min=0)) * valid).sum(-1) / valid.sum(-1).clamp(min=1)
     total = w.sum().clamp(min=1e-8)
     ce_mean, set_mean = (ce * w).sum() / total, (set_nll * w).sum() / total
-    return ce_mean + set_weight * set_mean, {"ce": ce_mean.item(), "set": set_mean.item()}
+    loss = ce_mean + set_weight * set_mean
+    ul = unlikelihood(logp, batch["negatives"], batch["negatives_at"]) if negative_weight else None
+    if ul is not None:
+        loss = loss + negative_weight * ul
+    return loss, {"ce": ce_mean.item(), "set": set_mean.item(), "ul": ul.item() if ul is not None else 0.0}
+
+
+def unlikelihood(logp: torch.Tensor, negatives: torch.Tensor, at: torch.Tensor) -> torch.Tensor | None:
+    """Token-level unlikelihood (Welleck et al. 2019): at each row's position
+    ``at`` (the first step), the sum over its negatives of -log(1 - p(item)),
+    averaged over the rows that have negatives; None when none has. Unlike
+    pushing log p(item) down without end, it fades as the item becomes
+    unlikely, so an ignored item is demoted, not erased."""
+    valid = negatives >= 0
+    rows = valid.any(-1).sum()
+    if not rows:
+        return None
+    first = logp[torch.arange(len(at), device=at.device), at.clamp(min=0)]
+    p = first.gather(-1, negatives.clamp(min=0)).exp().clamp(max=1 - 1e-6)  # finite log and gradient
+    return -(torch.log1p(-p) * valid).sum() / rows
 
 
 # ---- decoding and evaluation ---------------------------------------------------------------
@@ -372,53 +401,104 @@ def markdown_table(table: list[dict], k: int = 10) -> str:
 
 # ---- the run ------------------------------------------------------------------------------------
 
-def train(cfg: TrainConfig, interactions: Path, catalogue: Path, out: Path, embed: Embed,
-          embedding_model: str = "embedded", progress: bool = True) -> TrainResult:
+def train(cfg: TrainConfig, interactions: Path | None, catalogue: Path, out: Path, embed: Embed,
+          embedding_model: str = "embedded", progress: bool = True,
+          event_logs: Sequence[Path] = ()) -> TrainResult:
     """Read, split, train with early stopping, write the model directory.
 
-    Raises CatalogueError / InteractionsError for unusable input. Torch's
-    global settings (threads, deterministic algorithms) are restored after."""
+    The data is an interaction file, feedback logs (``event_logs``, see
+    slatewise.training.events) or both, pooled. Raises CatalogueError /
+    InteractionsError for unusable input. Torch's global settings (threads,
+    deterministic algorithms) are restored after."""
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     try:
         seed_everything(cfg.seed)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
-        return _train(cfg, interactions, catalogue, out, embed, embedding_model, progress)
+        return _train(cfg, interactions, list(event_logs), catalogue, out, embed, embedding_model, progress)
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
 
 
-def _train(cfg: TrainConfig, interactions: Path, catalogue: Path, out: Path, embed: Embed,
-           embedding_model: str, progress: bool) -> TrainResult:
-    dist = Dist.from_env(cuda=cfg.device != "cpu" and torch.cuda.is_available())
-    device = resolve_device(cfg.device, dist)
-    items = load_jsonl(catalogue)
-    item_index = {it.id: i for i, it in enumerate(items)}
-    log = read_interactions(interactions, item_index, min_rating=cfg.min_rating,
-                            events=cfg.events or None, max_events_per_user=cfg.max_events_per_user)
+def _read_interaction_file(cfg: TrainConfig, path: Path, item_index: dict[str, int],
+                           prog: Progress) -> InteractionLog:
+    log = read_interactions(path, item_index, min_rating=cfg.min_rating,
+                            events=cfg.event_types or None, max_events_per_user=cfg.max_events_per_user)
     report = log.report
-    prog = Progress(progress and dist.main)
     prog.event("read", rows_read=report.rows_read, rows_used=report.rows_used, bad=dict(report.bad),
                filtered=dict(report.filtered), problems=report.problems())
     if report.rows_used == 0:
         detail = "\n".join(report.problems()[:20])
-        raise InteractionsError(f"{interactions}: no usable rows among {report.rows_read}"
+        raise InteractionsError(f"{path}: no usable rows among {report.rows_read}"
                                 + (f":\n{detail}" if detail else ""))
+    return log
+
+
+def _read_feedback(cfg: TrainConfig, directories: list[Path], item_index: dict[str, int],
+                   prog: Progress) -> FeedbackData:
+    feedback = read_events(directories, item_index, min_rating=cfg.min_rating,
+                           event_types=cfg.event_types or None, max_events_per_user=cfg.max_events_per_user,
+                           max_history=cfg.max_history)
+    report = feedback.report
+    prog.event("read_events", **report.as_dict(), problems=report.problems())
+    if not report.interactions_used and not feedback.slates:
+        detail = "\n".join(report.problems()[:20])
+        raise InteractionsError(f"{', '.join(report.paths)}: no usable interaction or shown slate among "
+                                f"{report.records} records" + (f":\n{detail}" if detail else ""))
+    return feedback
+
+
+def _read_data(cfg: TrainConfig, interactions: Path | None, event_logs: list[Path],
+               item_index: dict[str, int], prog: Progress) -> tuple[InteractionLog, FeedbackData | None, dict]:
+    """The interaction file and the feedback logs as one pool of users, the
+    feedback slates, and the data summary for the manifest."""
+    logs, data, feedback = [], {}, None
+    if interactions is not None:
+        logs.append(_read_interaction_file(cfg, interactions, item_index, prog))
+        data["read"] = logs[-1].report.as_dict()
+    if event_logs:
+        feedback = _read_feedback(cfg, event_logs, item_index, prog)
+        logs.append(feedback.log)
+        data["events"] = feedback.report.as_dict()
+    if len(logs) == 1:
+        return logs[0], feedback, data
+    pooled = merge_logs(logs, cfg.max_events_per_user)
+    data["pooled"] = pooled.report.as_dict()
+    return pooled, feedback, data
+
+
+def _train(cfg: TrainConfig, interactions: Path | None, event_logs: list[Path], catalogue: Path, out: Path,
+           embed: Embed, embedding_model: str, progress: bool) -> TrainResult:
+    dist = Dist.from_env(cuda=cfg.device != "cpu" and torch.cuda.is_available())
+    device = resolve_device(cfg.device, dist)
+    items = load_jsonl(catalogue)
+    item_index = {it.id: i for i, it in enumerate(items)}
+    prog = Progress(progress and dist.main)
+    log, feedback, data = _read_data(cfg, interactions, event_logs, item_index, prog)
+    source = ", ".join(str(p) for p in ([interactions] if interactions else []) + event_logs)
     split = time_split(log, cfg.holdout, cfg.min_history, cfg.max_valid_users, cfg.seed)
     if len(split.valid_users) == 0:
         raise InteractionsError(
-            f"{interactions}: no user has {cfg.holdout + cfg.min_history} events with a new item among "
+            f"{source}: no user has {cfg.holdout + cfg.min_history} events with a new item among "
             f"the last {cfg.holdout}: nothing to validate on (try a smaller --holdout)")
+    split_summary = split.summary()
     vectors = np.asarray(embed([it.text() for it in items]), dtype=np.float32)
     queries = QueryBank(items, vectors, embed) if cfg.p_query + cfg.p_query_only > 0 else None
 
     model = build_model(vectors, cfg.shape(), cfg.seed).to(device)
-    dataset = SlateExamples(split, queries, max_history=cfg.max_history, slate_k=cfg.slate_k,
-                            stride=cfg.stride, p_query=cfg.p_query, p_query_only=cfg.p_query_only,
-                            history_weight=cfg.history_weight, seed=cfg.seed)
+    examples = SlateExamples(split, queries, max_history=cfg.max_history, slate_k=cfg.slate_k,
+                             stride=cfg.stride, p_query=cfg.p_query, p_query_only=cfg.p_query_only,
+                             history_weight=cfg.history_weight, seed=cfg.seed)
+    dataset: torch.utils.data.Dataset = examples
+    if feedback is not None:
+        shown, held_out = before_holdout(feedback.slates, log, split)
+        split_summary.update(slate_examples=len(shown), slate_examples_held_out=held_out)
+        if shown:
+            dataset = torch.utils.data.ConcatDataset(
+                [examples, FeedbackExamples(shown, embed, slate_k=cfg.slate_k)])
     if len(dataset) == 0:
-        raise InteractionsError(f"{interactions}: no user has two training events: nothing to learn from")
+        raise InteractionsError(f"{source}: no user has two training events: nothing to learn from")
     if dist.world > 1:
         from torch.nn.parallel import DistributedDataParallel
         from torch.utils.data import DistributedSampler
@@ -475,14 +555,14 @@ def _train(cfg: TrainConfig, interactions: Path, catalogue: Path, out: Path, emb
         return dist.broadcast_flag(stop)
     stop = False
     for epoch in range(1, cfg.epochs + 1):
-        dataset.set_epoch(epoch)
+        examples.set_epoch(epoch)
         if dist.world > 1:
             sampler.set_epoch(epoch)
         seen = 0
         for batch in loader:
             batch = {k: v.to(device) for k, v in batch.items()}
             logits = wrapped(batch["ids"], batch["attention_mask"], batch["query"], batch["query_at"])
-            loss, parts = slate_loss(logits, batch, cfg.set_weight)
+            loss, parts = slate_loss(logits, batch, cfg.set_weight, cfg.negative_weight)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -493,7 +573,7 @@ def _train(cfg: TrainConfig, interactions: Path, catalogue: Path, out: Path, emb
             losses.append(loss.item())
             if step % LOG_EVERY == 0 or step == total:
                 prog.event("step", epoch=epoch, step=step, steps=step - logged, loss=round(losses[-1], 5),
-                           ce=round(parts["ce"], 5), set=round(parts["set"], 5),
+                           ce=round(parts["ce"], 5), set=round(parts["set"], 5), ul=round(parts["ul"], 5),
                            lr=optimiser.param_groups[0]["lr"],
                            examples_per_s=round(seen * dist.world / max(1e-9, time.monotonic() - started), 1))
                 logged = step
@@ -525,9 +605,9 @@ def _train(cfg: TrainConfig, interactions: Path, catalogue: Path, out: Path, emb
                     "slate_k": cfg.slate_k, "history": "item tokens, oldest first, the newest max_history",
                     "query": "query_projection(unit-norm text embedding of the query) as the prompt_embeds "
                              "row at position 1; absent (no slot) without a query"},
-            data={"read": report.as_dict(), "split": split.summary(), "examples": len(dataset),
-                  "catalogue_path": str(catalogue)},
-            settings={**asdict(cfg), "events": list(cfg.events), "world_size": dist.world,
+            data={**data, "split": split_summary, "examples": len(dataset), "catalogue_path": str(catalogue)},
+            settings={**asdict(cfg), "event_types": list(cfg.event_types), "world_size": dist.world,
+                      "event_logs": [str(p) for p in event_logs],
                       "device_used": str(device), "torch_threads": torch.get_num_threads()},
             validation={"metric": f"nDCG@{cfg.eval_k} of the greedy slate", "best_step": best_step,
                         "history": history, "table": table, "steps": step,
