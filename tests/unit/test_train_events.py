@@ -10,7 +10,6 @@ as in test_train_small, so no embedding model is loaded."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import zlib
 from pathlib import Path
@@ -27,19 +26,11 @@ from slatewise.training.data import prompt_tokens, time_split
 from slatewise.training.events import SlateFeedback, before_holdout, read_events
 from slatewise.training.manifest import Manifest
 from slatewise.training.model import load_model
+from test_train_small import fake_embed  # the same deterministic stand-in for MiniLM
 
 CATALOGUE = embedded_catalogue_path()
 ITEMS = {"a": 0, "b": 1, "c": 2, "d": 3, "e": 4}
 CORRUPT = b'{"kind":"slate","slate_id":"lost","time":1,"items":["a"]}'
-
-
-def fake_embed(texts: list[str]) -> np.ndarray:
-    out = []
-    for t in texts:
-        seed = int.from_bytes(hashlib.sha256(t.encode()).digest()[:4], "big")
-        v = np.random.default_rng(seed).normal(size=32)
-        out.append(v / np.linalg.norm(v))
-    return np.array(out, dtype=np.float32).reshape(len(texts), 32)
 
 
 def _event(event_id: str, slate_id: str, kind: str, time: float, user: str, items: list[str]) -> FeedbackEvent:
