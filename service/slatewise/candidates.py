@@ -152,8 +152,8 @@ def _candidate_embeddings(cands, snapshot: CatalogueSnapshot, embedder: Embedder
         if c.catalogue_index is not None:
             out[i] = snapshot.embeddings[c.catalogue_index]
     if inline:
-        # Inline items are the caller's, not ours to keep: embed, never cache.
-        vecs = embedder.encode([item_text(c.title, c.category, dict(c.attributes)) for _, c in inline])
+        # Inline items are the caller's, not ours to keep: cached in memory only.
+        vecs = embedder.encode_inline([item_text(c.title, c.category, dict(c.attributes)) for _, c in inline])
         for (i, _), v in zip(inline, vecs):
             out[i] = v
     return out

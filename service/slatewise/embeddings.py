@@ -154,6 +154,7 @@ class Embedder:
         self.runtime = "onnx" if self._onnx is not None else "torch"
         self._batched_query = _QueryBatcher(self.encode)
         self._queries: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._inline: OrderedDict[str, np.ndarray] = OrderedDict()
         self._query_cache_size = query_cache_size
         self._cache_file = (
             cache_dir / f"{text_key(self.model_path)}.npz" if cache_dir is not None else None
@@ -205,6 +206,38 @@ class Embedder:
             if len(self._queries) > self._query_cache_size:
                 self._queries.popitem(last=False)
         return vec
+
+    def encode_inline(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors of callers' inline items: remembered in memory only (the
+        newest ``query_cache_size`` * 4 texts), never written to disk. An
+        upstream retriever sends the same items again and again; embedding
+        100 of them costs more than the model's whole slate."""
+        keys = [text_key(t) for t in texts]
+        with self._lock:
+            missing = {k: t for k, t in zip(keys, texts) if k not in self._inline}
+        fresh: dict[str, np.ndarray] = {}
+        if missing:
+            fresh = dict(zip(missing, self.encode(list(missing.values()))))
+            with self._lock:
+                for key, vec in fresh.items():
+                    self._inline[key] = vec
+                while len(self._inline) > 4 * self._query_cache_size:
+                    self._inline.popitem(last=False)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        gone: list[int] = []
+        with self._lock:
+            for i, key in enumerate(keys):
+                vec = self._inline.get(key)
+                if vec is not None:
+                    self._inline.move_to_end(key)
+                    out[i] = vec
+                elif key in fresh:
+                    out[i] = fresh[key]
+                else:  # evicted meanwhile by a flood of new texts
+                    gone.append(i)
+        if gone:
+            out[gone] = self.encode([texts[i] for i in gone])
+        return out
 
     def encode_items(self, texts: Sequence[str]) -> np.ndarray:
         """Item vectors, reusing cached ones; new ones are cached (and saved)."""

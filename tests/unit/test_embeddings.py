@@ -65,3 +65,19 @@ def test_a_failed_batch_fails_every_waiter_and_the_next_call_works():
     with pytest.raises(RuntimeError, match="encoder broke"):
         batcher("x")
     assert batcher("y").tolist() == [1.0, 1.0]
+
+
+def test_inline_items_are_remembered_in_memory_only(embedders):
+    onnx, _ = embedders
+    calls: list[int] = []
+    real = onnx.encode
+    onnx.encode = lambda texts: (calls.append(len(texts)), real(texts))[1]
+    try:
+        first = onnx.encode_inline(TEXTS[:6])
+        again = onnx.encode_inline(TEXTS[3:9])  # three seen, three new
+    finally:
+        del onnx.encode
+    assert calls == [6, 3]
+    np.testing.assert_allclose(first[3:], again[:3])
+    np.testing.assert_allclose(again, real(TEXTS[3:9]), atol=1e-5)
+    assert not onnx._cache_file.exists()  # nothing written to disk for the caller's items
