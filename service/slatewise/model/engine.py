@@ -66,6 +66,33 @@ class EngineRequestError(RuntimeError):
         self.dead = dead
 
 
+class _Bridge:
+    """Carries (queue, item) pairs from the engine's thread to one event loop
+    with one wake-up per burst: one engine step emits a token for every
+    request in its batch, and a wake-up each (a write to the loop's
+    self-pipe) cost ~9 % of the server's CPU at 16 concurrent slates."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.pending: list[tuple[asyncio.Queue, object]] = []
+        self.lock = threading.Lock()
+        self.scheduled = False
+
+    def put(self, queue: asyncio.Queue, item: object) -> None:
+        with self.lock:
+            self.pending.append((queue, item))
+            if self.scheduled:
+                return
+            self.scheduled = True
+        self.loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self.lock:
+            batch, self.pending, self.scheduled = self.pending, [], False
+        for queue, item in batch:
+            queue.put_nowait(item)
+
+
 class Engine:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -80,6 +107,7 @@ class Engine:
         self._state_listeners: list[Callable[[EngineState], None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._bridges: dict[asyncio.AbstractEventLoop, _Bridge] = {}
         self.trained: TrainedModel | None = None
         self._trained_error = ""
         if (trained := trained_model_dir(settings.model)) is not None:
@@ -107,6 +135,12 @@ class Engine:
             self._thread.start()
             self._loop = loop
         return self._loop
+
+    def _bridge(self, loop: asyncio.AbstractEventLoop) -> _Bridge:
+        bridge = self._bridges.get(loop)
+        if bridge is None:
+            bridge = self._bridges[loop] = _Bridge(loop)
+        return bridge
 
     def _submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         return asyncio.run_coroutine_threadsafe(coro, self._engine_loop())
@@ -286,11 +320,11 @@ class Engine:
         usable = self.ready or (allow_warming and self.state is EngineState.STARTING)
         if not usable or self.llm is None:
             raise EngineUnavailable(self.state.value)
-        caller = asyncio.get_running_loop()
+        bridge = self._bridge(asyncio.get_running_loop())
         queue: asyncio.Queue = asyncio.Queue()
         prompt = self._prompt(prompt_tokens, prompt_embeds)
         pump = self._submit(self._pump(self.llm, prompt, spec, request_id, temperature, seed,
-                                       lambda item: caller.call_soon_threadsafe(queue.put_nowait, item)))
+                                       lambda item: bridge.put(queue, item)))
         try:
             while True:
                 tokens, finished = await queue.get()

@@ -29,6 +29,7 @@ UNKNOWN_CANDIDATES); with no known candidate at all the slate is pointwise
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -88,8 +89,8 @@ class TrainedModel:
             max_positions=int(config.get("max_position_embeddings", 256)),
         )
 
-    @property
-    def model_id(self) -> str:
+    @functools.cached_property
+    def model_id(self) -> str:  # cached: resolve() walks the filesystem, and every slate asks
         return self.path.resolve().name
 
     @property
