@@ -100,6 +100,14 @@ class Metrics:
         self.model_load_seconds = Gauge(
             "slatewise_model_load_seconds", "Duration of the last hot-swap load (engine start and warm-up).",
             registry=r)
+        self.candidate_overlap = Histogram(
+            "slatewise_candidate_shadow_overlap",
+            "Hot-swap shadow: share of the candidate model's slate also in the serving model's, per replayed request.",
+            buckets=(0.0,) + UNIT_BUCKETS, registry=r)
+        self.candidate_diversity_delta = Histogram(
+            "slatewise_candidate_shadow_diversity_delta",
+            "Hot-swap shadow: candidate model's slate minus the serving model's, per diversity metric.",
+            ["metric"], buckets=DELTA_BUCKETS, registry=r)
         self.feedback_events = Counter(
             "slatewise_feedback_events", "Reported feedback events by outcome (accepted, duplicate, invalid).",
             ["outcome"], registry=r)

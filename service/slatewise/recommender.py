@@ -9,6 +9,7 @@ against what is already in the slate.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import random
 import time
@@ -68,6 +69,8 @@ class Recommender:
         self.store = store
         self.embedder = embedder
         self.slot = ModelSlot(engine, composer)
+        # The latest model-path requests: what a hot-swap candidate is shadowed on.
+        self.recent: collections.deque[SlateRequest] = collections.deque(maxlen=256)
         self.metrics = metrics
         self.circuit = CircuitBreaker(
             settings.circuit_failure_threshold, settings.circuit_cooldown_seconds,
@@ -137,6 +140,8 @@ class Recommender:
         budget_end = self.budget_end(arrived, deadline)
         cset = await self.candidates(request)
         wants_model = request.strategy is not Strategy.POINTWISE and self.settings.model_enabled
+        if wants_model:
+            self.recent.append(request)
         reason = self._gate(request, slot) if wants_model else FallbackReason.NONE
         decisions: list[Decision] = []
         tokens = 0
@@ -288,6 +293,16 @@ class Recommender:
             diversity=diversity, time_to_first_item=first, total=total,
             model_id=model_id, generated_tokens=tokens,
         )
+
+    async def model_slate(self, slot: ModelSlot, request: SlateRequest) -> tuple[CandidateSet, list[int]]:
+        """The slate ``slot``'s model writes for ``request`` alone, without
+        deadline, fallback or metrics: for comparing two models offline."""
+        cset = await self.candidates(request)
+        plan = await asyncio.to_thread(slot.composer.plan, cset)
+        picks = [i async for i in slot.composer.compose(
+            plan, request_id=f"shadow-{request.request_id}", temperature=request.temperature,
+            seed=request.seed, allow_warming=True)]
+        return cset, picks
 
     async def warmup(self, slot: ModelSlot | None = None, force: bool = False) -> None:
         """One real slate through the engine before we report SERVING (or a

@@ -111,8 +111,11 @@ def test_feedback_trains_a_model_that_is_hot_swapped_in_under_load(loop):
         t.start()
     try:
         with SlateClient(server.target) as client:
-            status = client.load_model("slates-v2", deadline=600)
+            status = client.load_model("slates-v2", deadline=600, shadow_requests=6)
             assert (status.model_id, status.previous_model_id, status.switches) == ("slates-v2", "slates-v1", 1)
+            # Compared with the serving model on the latest requests before the switch.
+            assert status.shadow.requests == 6 and 0.0 <= status.shadow.mean_overlap <= 1.0
+            assert -1.0 <= status.shadow.mean_category_coverage_delta <= 1.0
             before = len(served)
             after_switch = client.recommend(request=build_request("", 5, history=[ids[0]], strategy="model"))
             assert after_switch.model_id == "slates-v2"
@@ -123,7 +126,8 @@ def test_feedback_trains_a_model_that_is_hot_swapped_in_under_load(loop):
             t.join(120)
     by_model = Counter(m for m, _ in served)
     print(json.dumps({"hot_swap_under_load": {"slates": len(served), "failures": len(failures),
-                                              "by_model": by_model, "load_seconds": status.last_load_seconds}}))
+                                              "by_model": by_model, "load_seconds": status.last_load_seconds,
+                                              "shadow_overlap": status.shadow.mean_overlap}}))
     assert not failures, failures[:5]
     assert set(by_model) <= {"slates-v1", "slates-v2"}, by_model  # every slate from exactly one model
     assert by_model["slates-v1"] and by_model["slates-v2"], by_model
@@ -131,6 +135,7 @@ def test_feedback_trains_a_model_that_is_hot_swapped_in_under_load(loop):
     assert "slates-v1" not in {m for m, _ in served[before + 8:]}  # once switched, new slates are v2
     assert 'model_id="slates-v2"' in _metric(server, "slatewise_model_slates_total")
     assert 'kind="load"' in _metric(server, "slatewise_model_switches_total")
+    assert _metric(server, "slatewise_candidate_shadow_overlap_count").split()[-1] == "6.0"
 
 
 def test_a_model_that_cannot_load_never_takes_traffic_and_rollback_is_one_call(loop):

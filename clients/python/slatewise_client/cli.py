@@ -124,7 +124,7 @@ def cmd_model(args: argparse.Namespace) -> int:
             if not args.path:
                 print("error: model load needs a PATH", file=sys.stderr)
                 return 2
-            status = client.load_model(args.path, deadline=args.deadline)
+            status = client.load_model(args.path, deadline=args.deadline, shadow_requests=args.shadow)
         elif args.action == "rollback":
             status = client.rollback_model(deadline=args.deadline)
         else:
@@ -176,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_target(model)
     model.add_argument("action", choices=["status", "load", "rollback"])
     model.add_argument("path", nargs="?", help="model directory (load), under the server's model_swap_root")
+    model.add_argument("--shadow", type=int, default=0, metavar="N",
+                       help="load: first compare the candidate with the serving model on the latest N requests")
     model.add_argument("--deadline", type=float, default=600.0)
     model.set_defaults(func=cmd_model)
 

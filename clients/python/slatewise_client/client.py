@@ -82,8 +82,9 @@ class SlateClient:
         return self.feedback.ReportEvents(pb.ReportEventsRequest(events=list(events)),
                                           timeout=deadline, metadata=self._metadata)
 
-    def load_model(self, path: str, deadline: float | None = None) -> pb.ModelStatus:
-        return self.models.LoadModel(pb.LoadModelRequest(path=path), timeout=deadline, metadata=self._metadata)
+    def load_model(self, path: str, deadline: float | None = None, shadow_requests: int = 0) -> pb.ModelStatus:
+        return self.models.LoadModel(pb.LoadModelRequest(path=path, shadow_requests=shadow_requests),
+                                     timeout=deadline, metadata=self._metadata)
 
     def rollback_model(self, deadline: float | None = None) -> pb.ModelStatus:
         return self.models.RollbackModel(pb.RollbackModelRequest(), timeout=deadline, metadata=self._metadata)
@@ -139,9 +140,10 @@ class AsyncSlateClient:
         return await self.feedback.ReportEvents(pb.ReportEventsRequest(events=list(events)),
                                                 timeout=deadline, metadata=self._metadata)
 
-    async def load_model(self, path: str, deadline: float | None = None) -> pb.ModelStatus:
-        return await self.models.LoadModel(pb.LoadModelRequest(path=path), timeout=deadline,
-                                           metadata=self._metadata)
+    async def load_model(self, path: str, deadline: float | None = None,
+                         shadow_requests: int = 0) -> pb.ModelStatus:
+        return await self.models.LoadModel(pb.LoadModelRequest(path=path, shadow_requests=shadow_requests),
+                                           timeout=deadline, metadata=self._metadata)
 
     async def rollback_model(self, deadline: float | None = None) -> pb.ModelStatus:
         return await self.models.RollbackModel(pb.RollbackModelRequest(), timeout=deadline,

@@ -11,7 +11,8 @@ from slatewise.proto import pb, pb_grpc
 def status(state: ModelState) -> pb.ModelStatus:
     return pb.ModelStatus(model_id=state.model_id, path=state.path, previous_model_id=state.previous_model_id,
                           previous_path=state.previous_path, last_load_seconds=state.last_load_seconds,
-                          switches=state.switches)
+                          switches=state.switches,
+                          shadow=pb.ShadowComparison(**state.shadow.__dict__))
 
 
 class ModelService(pb_grpc.ModelServiceServicer):
@@ -33,7 +34,7 @@ class ModelService(pb_grpc.ModelServiceServicer):
 
     async def LoadModel(self, request, context):
         switcher = await self._switcher(context)
-        return await self._run(context, switcher.load(request.path))
+        return await self._run(context, switcher.load(request.path, min(request.shadow_requests, 256)))
 
     async def RollbackModel(self, request, context):
         switcher = await self._switcher(context)

@@ -7,6 +7,9 @@ and never serves. The switch itself is one assignment of the recommender's
 :class:`ModelSlot`: each request took its slot when it started, so requests
 in flight finish on the old engine, which is shut down only once they have
 (or after ``drain_seconds``). A rollback is a load of the previous directory.
+Asked to, a load first replays the latest model-path requests on both
+models and reports how the candidate's slates differ (overlap, diversity):
+the same comparison the server's shadow makes between model and pointwise.
 One load at a time: a second call waits for the first.
 """
 
@@ -22,6 +25,7 @@ from slatewise.config import Settings
 from slatewise.metrics import Metrics
 from slatewise.model.composer import SlateComposer
 from slatewise.model.engine import Engine
+from slatewise.model.plan import CannotPlan
 from slatewise.recommender import ModelSlot, Recommender
 
 log = logging.getLogger(__name__)
@@ -36,6 +40,14 @@ class SwapFailed(RuntimeError):
 
 
 @dataclass(frozen=True)
+class Shadow:
+    requests: int = 0
+    mean_overlap: float = 0.0
+    mean_intra_list_diversity_delta: float = 0.0
+    mean_category_coverage_delta: float = 0.0
+
+
+@dataclass(frozen=True)
 class ModelState:
     model_id: str
     path: str
@@ -43,6 +55,7 @@ class ModelState:
     previous_path: str
     last_load_seconds: float
     switches: int
+    shadow: Shadow
 
 
 class ModelSwitcher:
@@ -58,6 +71,7 @@ class ModelSwitcher:
         self.previous: tuple[str, str] | None = None  # (model_id, path)
         self.last_load_seconds = 0.0
         self.switches = 0
+        self.shadow = Shadow()
         self._lock = asyncio.Lock()
         self._draining: set[asyncio.Task] = set()
         self._publish()
@@ -65,7 +79,7 @@ class ModelSwitcher:
     def status(self) -> ModelState:
         prev_id, prev_path = self.previous or ("", "")
         return ModelState(self.recommender.engine.model_id, str(self.path), prev_id, str(prev_path),
-                          self.last_load_seconds, self.switches)
+                          self.last_load_seconds, self.switches, self.shadow)
 
     def _publish(self) -> None:
         st = self.status()
@@ -87,10 +101,10 @@ class ModelSwitcher:
             raise SwapRefused(f"{str(target)!r} is not a directory")
         return target
 
-    async def load(self, path: str, kind: str = "load") -> ModelState:
+    async def load(self, path: str, shadow_requests: int = 0) -> ModelState:
         target = self.resolve(path)
         async with self._lock:
-            return await self._switch(target, kind)
+            return await self._switch(target, "load", shadow_requests)
 
     async def rollback(self) -> ModelState:
         async with self._lock:
@@ -98,7 +112,7 @@ class ModelSwitcher:
                 raise SwapRefused("there is no previous model to roll back to")
             return await self._switch(Path(self.previous[1]), "rollback")
 
-    async def _switch(self, target: Path, kind: str) -> ModelState:
+    async def _switch(self, target: Path, kind: str, shadow_requests: int = 0) -> ModelState:
         settings = self.settings.model_copy(update={"model": str(target), "served_model_id": ""})
         engine = Engine(settings)
         slot = ModelSlot(engine, SlateComposer(engine, settings))
@@ -111,6 +125,15 @@ class ModelSwitcher:
             await engine.shutdown()
             raise SwapFailed(f"{target} did not start: {engine.last_error}")
         old = self.recommender.slot
+        shadow = Shadow()
+        if shadow_requests:
+            try:
+                shadow = await self._shadow(old, slot, shadow_requests)
+            except Exception as exc:  # noqa: BLE001 - a candidate that cannot serve them must not go live
+                self.metrics.model_load_failures.inc()
+                await engine.shutdown()
+                raise SwapFailed(f"{target} failed the shadow requests: {type(exc).__name__}: {exc}") from exc
+        self.shadow = shadow
         self.previous = (old.engine.model_id, str(self.path))
         self.recommender.slot = slot  # the switch: requests from now on take the new slot
         self.path = str(target)
@@ -127,6 +150,30 @@ class ModelSwitcher:
         self._draining.add(task)
         task.add_done_callback(self._draining.discard)
         return self.status()
+
+    async def _shadow(self, live: ModelSlot, candidate: ModelSlot, n: int) -> Shadow:
+        """Replay the latest ``n`` model-path requests on both models, one at
+        a time (the live model keeps serving meanwhile), and compare: the
+        share of the candidate's items the live slate has too, and the
+        candidate's diversity minus the live one's."""
+        overlap, ild, coverage = [], [], []
+        for request in list(self.recommender.recent)[-n:]:
+            try:
+                cset, ours = await self.recommender.model_slate(candidate, request)
+                _, theirs = await self.recommender.model_slate(live, request)
+            except CannotPlan:  # e.g. candidates one of the two has no tokens for: not comparable
+                continue
+            if not ours or not theirs:
+                continue
+            a, b = cset.diversity_of(ours), cset.diversity_of(theirs)
+            overlap.append(len(set(ours) & set(theirs)) / len(ours))
+            ild.append(a.intra_list_diversity - b.intra_list_diversity)
+            coverage.append(a.category_coverage - b.category_coverage)
+            self.metrics.candidate_overlap.observe(overlap[-1])
+            self.metrics.candidate_diversity_delta.labels("intra_list_diversity").observe(ild[-1])
+            self.metrics.candidate_diversity_delta.labels("category_coverage").observe(coverage[-1])
+        mean = (lambda xs: sum(xs) / len(xs) if xs else 0.0)
+        return Shadow(len(overlap), mean(overlap), mean(ild), mean(coverage))
 
     async def _drain(self, old: ModelSlot) -> None:
         """Shut the old engine down once the requests that took its slot have finished."""

@@ -322,10 +322,24 @@ class ReportEventsResponse(_message.Message):
     def __init__(self, accepted: _Optional[int] = ..., duplicates: _Optional[int] = ...) -> None: ...
 
 class LoadModelRequest(_message.Message):
-    __slots__ = ("path",)
+    __slots__ = ("path", "shadow_requests")
     PATH_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_REQUESTS_FIELD_NUMBER: _ClassVar[int]
     path: str
-    def __init__(self, path: _Optional[str] = ...) -> None: ...
+    shadow_requests: int
+    def __init__(self, path: _Optional[str] = ..., shadow_requests: _Optional[int] = ...) -> None: ...
+
+class ShadowComparison(_message.Message):
+    __slots__ = ("requests", "mean_overlap", "mean_intra_list_diversity_delta", "mean_category_coverage_delta")
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    MEAN_OVERLAP_FIELD_NUMBER: _ClassVar[int]
+    MEAN_INTRA_LIST_DIVERSITY_DELTA_FIELD_NUMBER: _ClassVar[int]
+    MEAN_CATEGORY_COVERAGE_DELTA_FIELD_NUMBER: _ClassVar[int]
+    requests: int
+    mean_overlap: float
+    mean_intra_list_diversity_delta: float
+    mean_category_coverage_delta: float
+    def __init__(self, requests: _Optional[int] = ..., mean_overlap: _Optional[float] = ..., mean_intra_list_diversity_delta: _Optional[float] = ..., mean_category_coverage_delta: _Optional[float] = ...) -> None: ...
 
 class RollbackModelRequest(_message.Message):
     __slots__ = ()
@@ -336,17 +350,19 @@ class GetModelStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelStatus(_message.Message):
-    __slots__ = ("model_id", "path", "previous_model_id", "previous_path", "last_load_seconds", "switches")
+    __slots__ = ("model_id", "path", "previous_model_id", "previous_path", "last_load_seconds", "switches", "shadow")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_PATH_FIELD_NUMBER: _ClassVar[int]
     LAST_LOAD_SECONDS_FIELD_NUMBER: _ClassVar[int]
     SWITCHES_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     path: str
     previous_model_id: str
     previous_path: str
     last_load_seconds: float
     switches: int
-    def __init__(self, model_id: _Optional[str] = ..., path: _Optional[str] = ..., previous_model_id: _Optional[str] = ..., previous_path: _Optional[str] = ..., last_load_seconds: _Optional[float] = ..., switches: _Optional[int] = ...) -> None: ...
+    shadow: ShadowComparison
+    def __init__(self, model_id: _Optional[str] = ..., path: _Optional[str] = ..., previous_model_id: _Optional[str] = ..., previous_path: _Optional[str] = ..., last_load_seconds: _Optional[float] = ..., switches: _Optional[int] = ..., shadow: _Optional[_Union[ShadowComparison, _Mapping]] = ...) -> None: ...
