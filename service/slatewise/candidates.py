@@ -54,6 +54,23 @@ class CandidateSet:
         return slate_diversity(self.embeddings[indices], [self.candidates[i].category for i in indices],
                                self.available_categories)
 
+    def compare(self, ours: list[int], theirs: list[int]) -> SlateComparison:
+        """Two slates for this request (the model's and pointwise, or a
+        hot-swap candidate's and the serving model's): how much of ours is in
+        theirs, and our diversity minus theirs per metric."""
+        a, b = self.diversity_of(ours), self.diversity_of(theirs)
+        return SlateComparison(
+            overlap=len(set(ours) & set(theirs)) / len(ours),
+            diversity_delta={"intra_list_diversity": a.intra_list_diversity - b.intra_list_diversity,
+                             "category_coverage": a.category_coverage - b.category_coverage,
+                             "redundancy": a.redundancy - b.redundancy})
+
+
+@dataclass(frozen=True)
+class SlateComparison:
+    overlap: float
+    diversity_delta: dict[str, float]
+
 
 def query_text(request: SlateRequest) -> str:
     """The request's text: its query, then its context attributes."""

@@ -45,6 +45,26 @@ def text_key(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
+class _Lru:
+    """The newest ``size`` entries, a hit counting as new (callers hold the lock)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.data: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def get(self, key: str) -> np.ndarray | None:
+        vec = self.data.get(key)
+        if vec is not None:
+            self.data.move_to_end(key)
+        return vec
+
+    def put(self, key: str, vec: np.ndarray) -> None:
+        self.data[key] = vec
+        self.data.move_to_end(key)
+        while len(self.data) > self.size:
+            self.data.popitem(last=False)
+
+
 class _OnnxEncoder:
     """The sentence-transformers model's transformer in ONNX Runtime, with
     its own mean pooling and normalisation (checked against the torch model
@@ -153,9 +173,8 @@ class Embedder:
             self._onnx = self._onnx_encoder(cache_dir)
         self.runtime = "onnx" if self._onnx is not None else "torch"
         self._batched_query = _QueryBatcher(self.encode)
-        self._queries: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._inline: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._query_cache_size = query_cache_size
+        self._queries = _Lru(query_cache_size)
+        self._inline = _Lru(4 * query_cache_size)
         self._cache_file = (
             cache_dir / f"{text_key(self.model_path)}.npz" if cache_dir is not None else None
         )
@@ -197,14 +216,11 @@ class Embedder:
     def encode_query(self, text: str) -> np.ndarray:
         with self._lock:
             hit = self._queries.get(text)
-            if hit is not None:
-                self._queries.move_to_end(text)
-                return hit
+        if hit is not None:
+            return hit
         vec = self._batched_query(text)
         with self._lock:
-            self._queries[text] = vec
-            if len(self._queries) > self._query_cache_size:
-                self._queries.popitem(last=False)
+            self._queries.put(text, vec)
         return vec
 
     def encode_inline(self, texts: Sequence[str]) -> np.ndarray:
@@ -212,32 +228,19 @@ class Embedder:
         newest ``query_cache_size`` * 4 texts), never written to disk. An
         upstream retriever sends the same items again and again; embedding
         100 of them costs more than the model's whole slate."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
         keys = [text_key(t) for t in texts]
         with self._lock:
-            missing = {k: t for k, t in zip(keys, texts) if k not in self._inline}
-        fresh: dict[str, np.ndarray] = {}
+            known = {k: v for k in keys if (v := self._inline.get(k)) is not None}
+        missing = {k: t for k, t in zip(keys, texts) if k not in known}
         if missing:
             fresh = dict(zip(missing, self.encode(list(missing.values()))))
             with self._lock:
                 for key, vec in fresh.items():
-                    self._inline[key] = vec
-                while len(self._inline) > 4 * self._query_cache_size:
-                    self._inline.popitem(last=False)
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        gone: list[int] = []
-        with self._lock:
-            for i, key in enumerate(keys):
-                vec = self._inline.get(key)
-                if vec is not None:
-                    self._inline.move_to_end(key)
-                    out[i] = vec
-                elif key in fresh:
-                    out[i] = fresh[key]
-                else:  # evicted meanwhile by a flood of new texts
-                    gone.append(i)
-        if gone:
-            out[gone] = self.encode([texts[i] for i in gone])
-        return out
+                    self._inline.put(key, vec)
+            known.update(fresh)
+        return np.stack([known[k] for k in keys])
 
     def encode_items(self, texts: Sequence[str]) -> np.ndarray:
         """Item vectors, reusing cached ones; new ones are cached (and saved)."""

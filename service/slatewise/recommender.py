@@ -22,7 +22,7 @@ from slatewise.config import Settings
 from slatewise.domain import Decision, FallbackReason, SlateRequest, Source, Strategy
 from slatewise.embeddings import Embedder
 from slatewise.metrics import CIRCUIT_STATES, Metrics
-from slatewise.model.composer import CannotPlan, SlateComposer
+from slatewise.model.composer import CannotPlan, ModelPlan, SlateComposer
 from slatewise.model.engine import Engine, EngineRequestError, EngineState, EngineUnavailable
 from slatewise.pointwise.select import select
 from slatewise.resilience.admission import InflightLimit
@@ -191,14 +191,12 @@ class Recommender:
 
     def _shadow(self, cset: CandidateSet, decisions: list[Decision], pointwise: list[int]) -> None:
         """What the model bought over the pointwise slate for this very request."""
-        ours = [d.candidate for d in decisions]
-        a, b = cset.diversity_of(ours), cset.diversity_of(pointwise)
+        comparison = cset.compare([d.candidate for d in decisions], pointwise)
         m = self.metrics
         m.shadow_comparisons.inc()
-        m.shadow_diversity_delta.labels("intra_list_diversity").observe(a.intra_list_diversity - b.intra_list_diversity)
-        m.shadow_diversity_delta.labels("category_coverage").observe(a.category_coverage - b.category_coverage)
-        m.shadow_diversity_delta.labels("redundancy").observe(a.redundancy - b.redundancy)
-        m.shadow_overlap.observe(len(set(ours) & set(pointwise)) / len(ours))
+        for metric, delta in comparison.diversity_delta.items():
+            m.shadow_diversity_delta.labels(metric).observe(delta)
+        m.shadow_overlap.observe(comparison.overlap)
 
     def _pointwise(self, cset: CandidateSet, request: SlateRequest, picked) -> list[int]:
         return select(self.settings.diversify_method, cset.embeddings, cset.scores, request.k,
@@ -294,15 +292,14 @@ class Recommender:
             model_id=model_id, generated_tokens=tokens,
         )
 
-    async def model_slate(self, slot: ModelSlot, request: SlateRequest) -> tuple[CandidateSet, list[int]]:
-        """The slate ``slot``'s model writes for ``request`` alone, without
-        deadline, fallback or metrics: for comparing two models offline."""
-        cset = await self.candidates(request)
+    async def model_slate(self, slot: ModelSlot, cset: CandidateSet, request_id: str) -> tuple[ModelPlan, list[int]]:
+        """The slate ``slot``'s model writes for ``cset`` alone, without
+        deadline, fallback or metrics: the warm-up, and comparing two models."""
         plan = await asyncio.to_thread(slot.composer.plan, cset)
         picks = [i async for i in slot.composer.compose(
-            plan, request_id=f"shadow-{request.request_id}", temperature=request.temperature,
-            seed=request.seed, allow_warming=True)]
-        return cset, picks
+            plan, request_id=request_id, temperature=cset.request.temperature,
+            seed=cset.request.seed, allow_warming=True)]
+        return plan, picks
 
     async def warmup(self, slot: ModelSlot | None = None, force: bool = False) -> None:
         """One real slate through the engine before we report SERVING (or a
@@ -318,10 +315,7 @@ class Recommender:
         snap = self.store.snapshot
         request = SlateRequest(request_id="warmup", query="a casual outfit",
                                k=min(3, len(snap)), candidates=None)
-        cset = await self.candidates(request)
-        plan = slot.composer.plan(cset)
-        picks = [i async for i in slot.composer.compose(
-            plan, request_id="warmup", temperature=0.0, seed=None, allow_warming=True)]
+        plan, picks = await self.model_slate(slot, await self.candidates(request), "warmup")
         if len(picks) != plan.spec.k:
             raise RuntimeError(f"warm-up slate has {len(picks)} items, expected {plan.spec.k}")
 

@@ -92,7 +92,7 @@ def test_events_are_checked_logged_and_idempotent(tmp_path):
     # A restart rebuilds what was served and which events were taken.
     server = _serve(tmp_path, log_dir)
     try:
-        assert "torn tail discarded" in server.log_path.read_text()
+        assert "event log recovery" in server.log_path.read_text()
         with SlateClient(server.target) as client:
             resp = client.report_events([build_event("e2", slate.slate_id, "click", [items[2]]),
                                          build_event("e9", slate.slate_id, "click", [items[3]])])

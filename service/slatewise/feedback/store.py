@@ -96,6 +96,7 @@ class FeedbackStore:
         event_log = await EventLog.open(settings.feedback_dir, fsync=settings.feedback_fsync,
                                         segment_bytes=settings.feedback_segment_bytes)
         store = cls(LogSink(event_log), settings, metrics)
+        # A torn tail was cut and reported by EventLog.open (segment, offset, bytes).
         report = await asyncio.to_thread(store._rebuild, ReadReport())
         log.info("feedback log %s: %d records (%d slates, %d event ids remembered) in %.1fs",
                  settings.feedback_dir, report.records, len(store.slates.data), len(store.seen.data),
@@ -104,11 +105,6 @@ class FeedbackStore:
             log.warning("feedback log %s: %d undecodable records, %d damaged bytes skipped: %s",
                         settings.feedback_dir, report.undecodable, report.skipped_bytes,
                         "; ".join(report.first_problems))
-        if event_log.recovery.reason:
-            log.warning("feedback log %s: torn tail discarded (%d bytes at %s offset %d): %s",
-                        settings.feedback_dir, event_log.recovery.discarded_bytes,
-                        event_log.recovery.segment.name, event_log.recovery.valid_end,
-                        event_log.recovery.reason)
         return store
 
     def _rebuild(self, report: ReadReport) -> ReadReport:

@@ -158,17 +158,19 @@ class ModelSwitcher:
         candidate's diversity minus the live one's."""
         overlap, ild, coverage = [], [], []
         for request in list(self.recommender.recent)[-n:]:
+            cset = await self.recommender.candidates(request)
+            request_id = f"shadow-{request.request_id}"
             try:
-                cset, ours = await self.recommender.model_slate(candidate, request)
-                _, theirs = await self.recommender.model_slate(live, request)
+                _, ours = await self.recommender.model_slate(candidate, cset, request_id)
+                _, theirs = await self.recommender.model_slate(live, cset, request_id)
             except CannotPlan:  # e.g. candidates one of the two has no tokens for: not comparable
                 continue
             if not ours or not theirs:
                 continue
-            a, b = cset.diversity_of(ours), cset.diversity_of(theirs)
-            overlap.append(len(set(ours) & set(theirs)) / len(ours))
-            ild.append(a.intra_list_diversity - b.intra_list_diversity)
-            coverage.append(a.category_coverage - b.category_coverage)
+            comparison = cset.compare(ours, theirs)
+            overlap.append(comparison.overlap)
+            ild.append(comparison.diversity_delta["intra_list_diversity"])
+            coverage.append(comparison.diversity_delta["category_coverage"])
             self.metrics.candidate_overlap.observe(overlap[-1])
             self.metrics.candidate_diversity_delta.labels("intra_list_diversity").observe(ild[-1])
             self.metrics.candidate_diversity_delta.labels("category_coverage").observe(coverage[-1])
