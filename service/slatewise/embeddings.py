@@ -11,7 +11,12 @@ MiniLM took ~14 ms of one core per query. So the encoder runs in ONNX
 Runtime (exported once per model into the cache directory; the same vectors
 to 1e-6, 5.5 ms per query; ``embedding_runtime``), and concurrent requests'
 queries are encoded together (:class:`_QueryBatcher`): a batch of 16 costs
-what 3 single queries do.
+what 3 single queries do. Queries may go through an int8 copy of that model
+(``onnx-int8``, the server's default): 1.2 ms instead of 3.7 ms per query,
+vectors within cosine 0.99 of the float model's, each query encoded alone
+(dynamic int8 scales by the whole batch, so batching would make a query's
+vector depend on its neighbours). Items stay in float: they are embedded
+once, and the DPP kernel and the trained models read them.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ from typing import Literal
 import numpy as np
 
 EMBEDDED = "embedded"
+# Texts every encoder is checked on at load (ONNX against torch, int8 against float).
+PROBE = ["a warm winter coat", "running shoes for trail and road, light", "casual outfit",
+         "rainy autumn commute", "romantic comedy from the nineties", "business meeting"]
 log = logging.getLogger(__name__)
 
 
@@ -80,11 +88,42 @@ class _OnnxEncoder:
         path = (cache_dir or Path.home() / ".cache" / "slatewise" / "embeddings") / f"{key}.onnx"
         if not path.exists():
             self._export(st_model, path)
+        self.path = path
+        self.session = self._session(path)
+        self.quantized = None  # an int8 session for queries, once checked (quantize())
+
+    @staticmethod
+    def _session(path: Path):
+        import onnxruntime as ort
+
         options = ort.SessionOptions()
         # One thread: the server's other core belongs to the engine; batching, not threads, buys throughput.
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def quantize(self, probe: Sequence[str], min_cosine: float = 0.98) -> None:
+        """Add an int8 copy for queries (weights per channel, activations
+        dynamic), built once into the cache. Kept only when its vectors stay
+        within ``min_cosine`` of the float model's on ``probe`` (measured:
+        0.991-0.994 for all-MiniLM-L6-v2, 3x faster per query)."""
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        path = self.path.with_suffix(".int8.onnx")
+        if not path.exists():
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            root = logging.getLogger()
+            was, root.disabled = root.disabled, True  # the quantizer's advice on the root logger is not ours to act on
+            try:
+                quantize_dynamic(str(self.path), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
+            finally:
+                root.disabled = was
+            os.replace(tmp, path)
+        session = self._session(path)
+        worst = float((self.encode(probe) * self.encode(probe, session)).sum(axis=1).min())
+        if worst < min_cosine:
+            raise ValueError(f"int8 query vectors reach only cosine {worst:.3f} of the float model's")
+        self.quantized = session
 
     def _export(self, st_model, path: Path) -> None:
         import torch
@@ -109,12 +148,12 @@ class _OnnxEncoder:
                               opset_version=17, dynamo=False)
         os.replace(tmp, path)
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
+    def encode(self, texts: Sequence[str], session=None) -> np.ndarray:
         with self._tokenizing:
             t = self.tokenizer(list(texts), return_tensors="np", padding=True, truncation=True,
                                max_length=self.max_length)
         mask = t["attention_mask"].astype(np.int64)
-        hidden = self.session.run(None, {"input_ids": t["input_ids"].astype(np.int64), "attention_mask": mask})[0]
+        hidden = (session or self.session).run(None, {"input_ids": t["input_ids"].astype(np.int64), "attention_mask": mask})[0]
         pooled = (hidden * mask[..., None]).sum(axis=1) / np.maximum(mask.sum(axis=1, keepdims=True), 1)
         return (pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
@@ -157,7 +196,8 @@ class _QueryBatcher:
 
 class Embedder:
     def __init__(self, model: str = EMBEDDED, cache_dir: Path | None = None,
-                 query_cache_size: int = 4096, runtime: Literal["onnx", "torch"] = "onnx") -> None:
+                 query_cache_size: int = 4096,
+                 runtime: Literal["onnx-int8", "onnx", "torch"] = "onnx") -> None:
         from sentence_transformers import SentenceTransformer
 
         self.model_path = _resolve(model)
@@ -169,10 +209,16 @@ class Embedder:
                        else self._model.get_sentence_embedding_dimension())
         self._lock = threading.Lock()
         self._onnx: _OnnxEncoder | None = None
-        if runtime == "onnx":
+        if runtime in ("onnx", "onnx-int8"):
             self._onnx = self._onnx_encoder(cache_dir)
         self.runtime = "onnx" if self._onnx is not None else "torch"
-        self._batched_query = _QueryBatcher(self.encode)
+        if runtime == "onnx-int8" and self._onnx is not None:
+            try:
+                self._onnx.quantize(PROBE)
+                self.runtime = "onnx-int8"
+            except Exception as exc:  # noqa: BLE001 - the float model always works; say why it is used
+                log.warning("queries are embedded by the float ONNX model, not int8: %s", exc)
+        self._batched_query = _QueryBatcher(self.encode_queries)
         self._queries = _Lru(query_cache_size)
         self._inline = _Lru(4 * query_cache_size)
         self._cache_file = (
@@ -188,8 +234,7 @@ class Embedder:
             if names[:1] != ["Transformer"] or names[1:] not in (["Pooling", "Normalize"],) or pooling is False:
                 raise ValueError(f"pipeline {names} is not transformer -> mean pooling -> normalize")
             encoder = _OnnxEncoder(self._model, cache_dir, text_key(f"onnx:{self.model_path}"))
-            probe = ["a warm winter coat", "running shoes for trail and road, light"]
-            gap = float(np.abs(encoder.encode(probe) - self._torch_encode(probe)).max())
+            gap = float(np.abs(encoder.encode(PROBE) - self._torch_encode(PROBE)).max())
             if gap > 1e-4:
                 raise ValueError(f"ONNX vectors differ from torch's by {gap:.2g}")
             return encoder
@@ -204,6 +249,16 @@ class Embedder:
         if self._onnx is not None:
             return np.concatenate([self._onnx.encode(texts[i:i + 64]) for i in range(0, len(texts), 64)])
         return self._torch_encode(texts)
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """Queries' vectors, uncached: the int8 encoder when there is one."""
+        if self._onnx is not None and self._onnx.quantized is not None:
+            # One at a time: dynamic int8 scales activations by the whole
+            # batch, so a query's vector would depend on who it was batched
+            # with (up to 0.017 apart); alone it is always the same.
+            return np.concatenate([self._onnx.encode([t], self._onnx.quantized) for t in texts]) \
+                if texts else np.zeros((0, self.dim), dtype=np.float32)
+        return self.encode(texts)
 
     def _torch_encode(self, texts: Sequence[str]) -> np.ndarray:
         with self._lock:

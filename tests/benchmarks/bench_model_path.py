@@ -87,7 +87,8 @@ class RawEngine:
         from slatewise.model.engine import Engine
 
         self.settings = settings
-        self.embedder = Embedder(settings.embedding_model, settings.embedding_cache_dir)
+        self.embedder = Embedder(settings.embedding_model, settings.embedding_cache_dir,
+                                 runtime=settings.embedding_runtime)  # the server's query encoder
         self.store = CatalogueStore(load_jsonl(settings.catalogue_path or embedded_catalogue_path()),
                                     self.embedder)
         self.engine = Engine(settings)
@@ -184,7 +185,7 @@ async def main(rounds: int, server_args: list[str], model: str = "", catalogue: 
                     encode = 0.0
                     if request.context.query:
                         t0 = time.perf_counter()
-                        raw.embedder.encode([request.context.query])
+                        raw.embedder.encode_queries([request.context.query])
                         encode = time.perf_counter() - t0
                     results["encode"].append(encode)
                     for which in ([0, 1] if i % 2 == 0 else [1, 0]):

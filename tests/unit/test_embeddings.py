@@ -31,6 +31,30 @@ def test_onnx_runtime_gives_torchs_vectors(embedders):
                                atol=1e-5)
 
 
+def test_int8_queries_stay_close_to_the_float_vectors_and_items_stay_float(tmp_path_factory, embedders):
+    onnx, _ = embedders
+    int8 = Embedder(cache_dir=tmp_path_factory.mktemp("emb8"), runtime="onnx-int8")
+    assert int8.runtime == "onnx-int8"
+    queries = int8.encode_queries(TEXTS)
+    cosines = (queries * onnx.encode(TEXTS)).sum(axis=1)
+    assert cosines.min() >= 0.98 and cosines.max() < 1 - 1e-6  # close, and really the int8 model
+    assert np.allclose(np.linalg.norm(queries, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(int8.encode(TEXTS), onnx.encode(TEXTS), atol=1e-5)  # items: float
+    # A query's vector does not depend on the queries batched with it.
+    np.testing.assert_allclose(int8.encode_query(TEXTS[0]), queries[0], atol=1e-6)
+
+
+def test_an_int8_model_that_drifts_too_far_is_not_used(tmp_path_factory, monkeypatch, caplog):
+    from slatewise import embeddings
+
+    real = embeddings._OnnxEncoder.quantize
+    monkeypatch.setattr(embeddings._OnnxEncoder, "quantize",
+                        lambda self, probe: real(self, probe, min_cosine=1.0 + 1e-6))
+    emb = Embedder(cache_dir=tmp_path_factory.mktemp("emb8"), runtime="onnx-int8")
+    assert emb.runtime == "onnx" and "not int8" in caplog.text
+    np.testing.assert_allclose(emb.encode_queries(TEXTS[:2]), emb.encode(TEXTS[:2]), atol=1e-6)
+
+
 def test_concurrent_queries_are_batched_and_each_gets_its_own_row(embedders):
     onnx, _ = embedders
     expected = {t: onnx.encode([t])[0] for t in TEXTS}

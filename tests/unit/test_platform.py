@@ -89,3 +89,58 @@ def test_engine_processes_can_be_reniced():
     finally:
         child.kill()
         child.wait()
+
+
+def _named_child(name: str, cores: set[int] | None = None):
+    """A process that calls itself ``name`` (as vLLM's processes do) and,
+    given ``cores``, binds itself to them; it says 'ready' once both are done."""
+    import subprocess
+    import sys
+
+    code = (f"import os, sys, threading, time; open('/proc/self/comm', 'w').write({name!r}); "
+            + (f"os.sched_setaffinity(0, {sorted(cores)!r}); " if cores else "")
+            + "threading.Thread(target=time.sleep, args=(30,), daemon=True).start(); "
+            "print('ready', flush=True); time.sleep(30)")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "ready"
+    return child
+
+
+def test_engine_core_is_pinned_to_its_workers_cores():
+    import os
+
+    from slatewise.model.platform import pin_engine_core
+
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        pytest.skip("needs two cores")
+    worker = _named_child("VLLM::Worker", {allowed[0]})
+    core = _named_child("VLLM::EngineCore")
+    other = _named_child("python")
+    try:
+        assert pin_engine_core([worker.pid, core.pid, other.pid]) == {allowed[0]}
+        for tid in os.listdir(f"/proc/{core.pid}/task"):  # every thread, not only the main one
+            assert os.sched_getaffinity(int(tid)) == {allowed[0]}
+        assert os.sched_getaffinity(other.pid) == set(allowed)  # nothing else is touched
+        # A worker bound to nothing in particular leaves the engine core alone.
+        assert pin_engine_core([other.pid, core.pid]) is None
+    finally:
+        for child in (worker, core, other):
+            child.kill()
+            child.wait()
+
+
+def test_an_unbound_worker_leaves_the_engine_core_alone():
+    import os
+
+    from slatewise.model.platform import pin_engine_core
+
+    worker = _named_child("VLLM::Worker")
+    core = _named_child("VLLM::EngineCore")
+    try:
+        assert pin_engine_core([worker.pid, core.pid]) is None
+        assert os.sched_getaffinity(core.pid) == os.sched_getaffinity(0)
+    finally:
+        for child in (worker, core):
+            child.kill()
+            child.wait()

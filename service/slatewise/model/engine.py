@@ -35,7 +35,7 @@ from slatewise.config import Settings
 from slatewise.decoding.automaton import SlateSpec
 from slatewise.model.item_prompts import TrainedModel, trained_model_dir
 from slatewise.model.platform import (DtypeChoice, choose_dtype, descendant_pids, engine_cpu_bind,
-                                      lower_priority)
+                                      lower_priority, pin_engine_core)
 from slatewise.model.prepare import resolve_model
 
 log = logging.getLogger(__name__)
@@ -208,6 +208,7 @@ class Engine:
 
     def _build(self):
         """Blocking: runs in a worker thread."""
+        from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
         bind = self.settings.cpu_omp_threads_bind or engine_cpu_bind()
@@ -225,6 +226,10 @@ class Engine:
             V2_PROCESSOR if self.uses_v2_runner else V1_PROCESSOR
         ]
         llm = AsyncLLM.from_vllm_config(config, disable_log_stats=False)
+        if self.settings.cpu_pin_engine_core and current_platform.is_cpu():
+            cores = pin_engine_core(descendant_pids())
+            if cores:
+                log.info("engine core pinned to its worker's cores %s", sorted(cores))
         if self.settings.engine_nice:
             # Our only child processes are vLLM's (engine core, workers).
             changed = lower_priority(descendant_pids(), self.settings.engine_nice)
