@@ -51,6 +51,21 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+def limit_torch_threads() -> None:
+    """One torch thread in the server process (the engine's processes set their own).
+
+    The server's torch work is small tensors: a trained model's prompt
+    embeddings in vLLM's frontend, never a model (queries run in ONNX
+    Runtime). With torch's default team, each such op wakes an OpenMP thread
+    that then spins on the other core: measured with the ML-100K model, a
+    query-only slate's engine phase took 2.3 ms longer than a history-only
+    one's, and the same with one thread (docs/BENCHMARKS.md).
+    """
+    import torch
+
+    torch.set_num_threads(1)
+
+
 class SlatewiseServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -78,6 +93,7 @@ class SlatewiseServer:
     async def start(self) -> None:
         s = self.settings
         source = self._catalogue_source()
+        limit_torch_threads()
         # Fail fast (and name the line) before binding any port.
         items = await asyncio.to_thread(load_jsonl, source)
         embedder = await asyncio.to_thread(Embedder, s.embedding_model, s.embedding_cache_dir,

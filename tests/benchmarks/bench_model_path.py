@@ -2,7 +2,9 @@
 item, prefix cache on vs off, and decoding settings (position bias, diversity).
 
 Everything is measured in one run, requests one at a time and interleaved
-between the systems compared, so machine noise hits both sides alike.
+between the systems compared, so machine noise hits both sides alike; at
+each switch from one engine to the other the benchmark waits out vLLM's
+one-second spin-wait, so an idle engine never competes with the measured one.
 
     python tests/benchmarks/bench_model_path.py [--rounds 30] [--server-args "--cpu-omp-threads-bind 0-1"]
     python tests/benchmarks/bench_model_path.py --model DIR [--catalogue CAT] [--rounds 40]
@@ -35,6 +37,7 @@ QUERIES = ["casual outfit", "business meeting", "rainy autumn commute", "beach h
            "gym session", "wedding guest", "winter hiking", "first date dinner",
            "weekend city break", "job interview", "music festival", "ski trip"]
 K = 10
+SPIN_WINDOW = 1.1  # s: vLLM's engine processes spin this long after a step (shm_broadcast busy_loop_s = 1)
 
 
 def catalogue_ids(path=None) -> list[str]:
@@ -86,6 +89,9 @@ class RawEngine:
         from slatewise.model.composer import SlateComposer
         from slatewise.model.engine import Engine
 
+        from slatewise.server import limit_torch_threads
+
+        limit_torch_threads()  # as the server does: same frontend, same threads
         self.settings = settings
         self.embedder = Embedder(settings.embedding_model, settings.embedding_cache_dir,
                                  runtime=settings.embedding_runtime)  # the server's query encoder
@@ -177,6 +183,7 @@ async def main(rounds: int, server_args: list[str], model: str = "", catalogue: 
                 for r in warm:
                     await timed_unary(on, r)  # warm both caches and code paths
                     await raw.generate(raw.plan(r)[0], f"warm-{r.request_id}")
+                last = None
                 for i, request in enumerate(requests(pool, rounds, trained)):
                     shape = SHAPES[i % len(SHAPES)]
                     plan, _ = raw.plan(request)  # validate, embed the query, resolve, plan: not in "raw"
@@ -189,6 +196,12 @@ async def main(rounds: int, server_args: list[str], model: str = "", catalogue: 
                         encode = time.perf_counter() - t0
                     results["encode"].append(encode)
                     for which in ([0, 1] if i % 2 == 0 else [1, 0]):
+                        if last is not None and which != last:
+                            # The other engine's processes spin-wait for a second
+                            # after their last step (vLLM's shm queue): let them
+                            # stop, or they share this one's cores (pinned alike).
+                            await asyncio.sleep(SPIN_WINDOW)
+                        last = which
                         if which == 0:
                             total, slate = await timed_unary(on, request)
                             assert slate.strategy == 2, slate  # STRATEGY_MODEL
@@ -202,17 +215,19 @@ async def main(rounds: int, server_args: list[str], model: str = "", catalogue: 
                             by_shape["raw", shape].append(total)
                             results["raw_first"].append(first / total)
                             results["raw_tokens"].append(n / K)
-                    # Streaming, on a request not seen before (its own query).
-                    if trained:
-                        fresh = trained_request(i + 10_000, pool, *trained, prefix="streamed")[1]
-                    else:
-                        fresh = type(request)()
-                        fresh.CopyFrom(request)
-                        fresh.context.query += " (streamed)"
-                    total, first, _ = await timed_stream(on, fresh)
-                    results["svc_first"].append(first / total)
         finally:
             raw.engine.llm.shutdown()
+        # Streaming, the service alone, on requests not seen before (their own query).
+        async with AsyncSlateClient(server_on.target) as on:
+            for i, request in enumerate(requests(pool, rounds, trained)):
+                if trained:
+                    fresh = trained_request(i + 10_000, pool, *trained, prefix="streamed")[1]
+                else:
+                    fresh = type(request)()
+                    fresh.CopyFrom(request)
+                    fresh.context.query += " (streamed)"
+                total, first, _ = await timed_stream(on, fresh)
+                results["svc_first"].append(first / total)
         if model:  # no shared context to cache: the prompt is BOS, query, history, SEP
             raise _SkipPhase2
         # Phase 2: prefix cache on vs off, fresh requests (shared context, new queries).
@@ -221,9 +236,13 @@ async def main(rounds: int, server_args: list[str], model: str = "", catalogue: 
         try:
             async with AsyncSlateClient(server_on.target) as on, \
                     AsyncSlateClient(server_off.target) as off:
+                last = None
                 for i, request in enumerate(requests(pool, rounds + 12)[12:]):
                     request.context.query += " again"
                     for which in ([0, 1] if i % 2 == 0 else [1, 0]):
+                        if last is not None and which != last:
+                            await asyncio.sleep(SPIN_WINDOW)  # as in phase 1
+                        last = which
                         client, key = (on, "on") if which == 0 else (off, "off")
                         results[key].append((await timed_unary(client, request))[0])
         finally:
@@ -240,6 +259,9 @@ async def main(rounds: int, server_args: list[str], model: str = "", catalogue: 
         ["raw AsyncLLM.generate, same prompt + processor, p50 s", median(rawv)],
         ["raw AsyncLLM.generate, p95 s", pct(rawv, 95)],
         ["service / raw (p50)", median(svc) / median(rawv)],
+        # Each request is timed on both, back to back: the median of its own
+        # ratios is not moved by how the request shapes' times interleave.
+        ["service / raw, median of per-request ratios", median([a / b for a, b in zip(svc, rawv)])],
         ["generated tokens per item (service)", median(results["tokens"])],
         ["generated tokens per item (raw)", median(results["raw_tokens"])],
         ["time to first item / full slate, streamed, client side (median)", median(results["svc_first"])],

@@ -2,7 +2,7 @@
 peak memory of the server process (without the engine core) and the engine.
 
     python tests/benchmarks/bench_throughput.py [--catalogue-items 100000]
-    python tests/benchmarks/bench_throughput.py --model DIR [--catalogue CAT] [--server-arg=...]
+    python tests/benchmarks/bench_throughput.py --model DIR [--catalogue CAT] [--server-arg=...] [--pinning-ab]
 
 Closed loop (slatewise-client's load generator), strategy MODEL, K=10, the
 default server (whole embedded catalogue as the shared context). Memory is
@@ -22,7 +22,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
+import statistics
 import tempfile
 import threading
 import time
@@ -111,13 +113,16 @@ def seed_embedding_cache(catalogue: Path, cache_dir: Path) -> None:
 
 
 async def main(rounds_per_level: int, catalogue_items: int, context: str, server_args: list[str],
-               model: str = "", catalogue: str = "", shape: str = "") -> None:
+               model: str = "", catalogue: str = "", shape: str = "", repeats: int = 1,
+               pinning_ab: bool = False) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="slatewise-bench-"))
     rows, mem = [], []
     if rounds_per_level:
-        await throughput(tmp, rounds_per_level, context, rows, mem, server_args, model, catalogue, shape)
+        await throughput(tmp, rounds_per_level, context, rows, mem, server_args, model, catalogue, shape, repeats,
+                         pinning_ab)
     if rows:
-        print(table(["load", "requests", "slates/s", "× concurrency 1", "p50 s", "p99 s", "strategies"]
+        print(table(["load", "requests", "slates/s (median)", "× concurrency 1", "p50 s", "p99 s", "strategies"]
+                    + (["slates/s of each repeat"] if repeats > 1 else [])
                     + (["CPU s per slate: server process / engine processes"] if model else []), rows))
         print()
     if catalogue_items:
@@ -138,7 +143,8 @@ def cpu_seconds(proc: psutil.Process) -> tuple[float, float]:
     return t.user + t.system, engine
 
 
-async def throughput(tmp, rounds_per_level, context, rows, mem, server_args, model="", catalogue="", shape=""):
+async def throughput(tmp, rounds_per_level, context, rows, mem, server_args, model="", catalogue="", shape="",
+                     repeats=1, pinning_ab=False):
     from slatewise_client import build_request
     from slatewise_client.loadtest import DEFAULT_QUERIES, run_load
 
@@ -154,8 +160,10 @@ async def throughput(tmp, rounds_per_level, context, rows, mem, server_args, mod
             from bench_model_path import catalogue_ids, shared_pool, trained_request
             pool = shared_pool(path=catalogue or None)
             ids = catalogue_ids(catalogue or None)
+            # Enough distinct requests that none repeats (a repeated query is cached).
+            total = repeats * (sum(max(rounds_per_level, 30 * c) for c in LEVELS) + (2 * 630 if pinning_ab else 0))
             mix = [trained_request(i, pool, ids, 10, shape=shape, diversity=rng.choice([0.0, 0.5]))[1]
-                   for i in range(64 * len(DEFAULT_QUERIES))]
+                   for i in range(total)]
         elif context == "pool50":
             from bench_model_path import shared_pool
             pool = shared_pool()
@@ -171,31 +179,86 @@ async def throughput(tmp, rounds_per_level, context, rows, mem, server_args, mod
         from slatewise_client import SlateClient
         with SlateClient(server.target) as client:
             client.recommend(request=build_request("warm-up", 10, strategy="model", candidates=pool))
-        base, offset = None, 0
+        offset = 0
+        runs: dict[int, list] = {c: [] for c in LEVELS}
+        # A trained model's slate takes ~30 ms: a level of a few dozen requests
+        # is mostly ramp-up and tail, so each level runs 30 requests per caller
+        # and the levels are repeated in turn; medians over the repeats.
+        for _ in range(repeats):
+            for c in LEVELS:
+                n = max(rounds_per_level, (30 if model else 3) * c)
+                # A trained model: fresh requests at every level (no query embedding
+                # cached by an earlier level); the text path keeps its mix.
+                level_mix = mix[offset % len(mix):] + mix[:offset % len(mix)] if model else mix
+                offset += n if model else 0
+                cpu0 = cpu_seconds(peak.proc)
+                results = await run_load(server.target, level_mix, requests=n,
+                                         duration=300, concurrency=c)
+                cpu1 = cpu_seconds(peak.proc)
+                runs[c].append((results.summary(), cpu0, cpu1))
+        base = statistics.median(s["throughput_rps"] for s, *_ in runs[1])
         for c in LEVELS:
-            n = max(rounds_per_level, 3 * c)
-            # A trained model: fresh requests at every level (no query embedding
-            # cached by an earlier level); the text path keeps its mix.
-            level_mix = mix[offset:] + mix[:offset] if model else mix
-            offset += n if model else 0
-            cpu0 = cpu_seconds(peak.proc)
-            results = await run_load(server.target, level_mix, requests=n,
-                                     duration=300, concurrency=c)
-            cpu1 = cpu_seconds(peak.proc)
-            s = results.summary()
-            tput = s["throughput_rps"]
-            base = base or tput
-            rows.append([f"concurrency {c}", s["requests"], tput, tput / base,
-                         s["latency_seconds"]["p50"], s["latency_seconds"]["p99"],
-                         json.dumps(s["strategies"])]
-                        + ([f"{(cpu1[0] - cpu0[0]) / s['requests'] * 1000:.1f} ms / "
-                            f"{(cpu1[1] - cpu0[1]) / s['requests'] * 1000:.1f} ms"] if model else []))
+            summaries = [s for s, *_ in runs[c]]
+            tput = statistics.median(s["throughput_rps"] for s in summaries)
+            count = sum(s["requests"] for s in summaries)
+            strategies: dict[str, int] = {}
+            for s in summaries:
+                for k, v in s["strategies"].items():
+                    strategies[k] = strategies.get(k, 0) + v
+            server_cpu = sum(c1[0] - c0[0] for _, c0, c1 in runs[c]) / count * 1000
+            engine_cpu = sum(c1[1] - c0[1] for _, c0, c1 in runs[c]) / count * 1000
+            rows.append([f"concurrency {c}", count, tput, tput / base,
+                         statistics.median(s["latency_seconds"]["p50"] for s in summaries),
+                         statistics.median(s["latency_seconds"]["p99"] for s in summaries),
+                         json.dumps(strategies)]
+                        + ([" / ".join(f"{s['throughput_rps']:.1f}" for s in summaries)] if repeats > 1 else [])
+                        + ([f"{server_cpu:.1f} ms / {engine_cpu:.1f} ms"] if model else []))
+        if pinning_ab:
+            await compare_pinning(server, mix[offset % len(mix):] + mix[:offset % len(mix)], repeats)
     finally:
         peak.stop()
         stop_server(server)
     mem += [["server process (gRPC, catalogue, embeddings; no engine core), embedded catalogue, under load",
              f"{peak.server / 2**30:.2f} GiB"],
             ["engine processes (EngineCore + worker), 2 GiB KV cache", f"{peak.engine / 2**30:.2f} GiB"]]
+
+
+def set_engine_core_cores(server, pinned: bool) -> None:
+    """What the server's cpu_pin_engine_core does at start, done or undone from
+    outside: the engine core's threads onto its worker's cores, or anywhere."""
+    procs = psutil.Process(server.process.pid).children(recursive=True)
+    worker = next(p for p in procs if p.name().startswith("VLLM::Worker"))
+    core = next(p for p in procs if p.name().startswith("VLLM::EngineCor"))
+    cores = worker.cpu_affinity() if pinned else sorted(os.sched_getaffinity(0))
+    for thread in core.threads():
+        os.sched_setaffinity(thread.id, cores)
+
+
+async def compare_pinning(server, mix, repeats: int) -> None:
+    """Concurrency 1 and 16 with the engine core pinned and unpinned, in turn
+    on the same server (orders alternating), medians over the repeats."""
+    from slatewise_client.loadtest import run_load
+
+    runs: dict[tuple[str, int], list] = {}
+    offset = 0
+    for r in range(repeats):
+        for mode in (("pinned", "unpinned") if r % 2 == 0 else ("unpinned", "pinned")):
+            set_engine_core_cores(server, mode == "pinned")
+            for c, n in ((1, 150), (16, 480)):
+                s = (await run_load(server.target, mix[offset:offset + n], requests=n,
+                                    duration=300, concurrency=c)).summary()
+                offset += n
+                runs.setdefault((mode, c), []).append(s)
+    set_engine_core_cores(server, True)
+    rows = []
+    for mode in ("pinned", "unpinned"):
+        t1, t16 = (statistics.median(s["throughput_rps"] for s in runs[mode, c]) for c in (1, 16))
+        p1, p16 = (statistics.median(s["latency_seconds"]["p50"] for s in runs[mode, c]) for c in (1, 16))
+        rows.append([mode, t1, t16, t16 / t1, p1, p16,
+                     " / ".join(f"{s['throughput_rps']:.1f}" for s in runs[mode, 16])])
+    print(table(["engine core", "c=1 slates/s", "c=16 slates/s", "c=16 / c=1", "c=1 p50 s", "c=16 p50 s",
+                 "c=16 slates/s of each repeat"], rows))
+    print()
 
 
 def memory_large(tmp, catalogue_items, mem):
@@ -222,7 +285,11 @@ def memory_large(tmp, catalogue_items, mem):
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    parser.add_argument("--requests", type=int, default=24, help="requests per level (at least 3 x concurrency)")
+    parser.add_argument("--requests", type=int, default=0,
+                        help="requests per level, at least 3 x concurrency (30 x with --model); "
+                             "default 24 (150 with --model)")
+    parser.add_argument("--repeats", type=int, default=0,
+                        help="times the levels are run in turn (default: 3 with --model, else 1)")
     parser.add_argument("--catalogue-items", type=int, default=0)
     parser.add_argument("--context", choices=["catalogue", "pool50"], default="catalogue",
                         help="the whole catalogue as context (default) or a shared 50-item candidate set")
@@ -233,6 +300,9 @@ if __name__ == "__main__":
                         help="with --model: the catalogue it was trained on (default: the embedded one)")
     parser.add_argument("--shape", choices=["history", "query"], default="",
                         help="with --model: only this request shape (default: alternating)")
+    parser.add_argument("--pinning-ab", action="store_true",
+                        help="with --model: also concurrency 1 and 16 with the engine core pinned and unpinned, "
+                             "in turn on the same server")
     args = parser.parse_args()
     if args.model:
         print(f"# throughput, trained model {args.model}, catalogue {args.catalogue or 'embedded'}, "
@@ -241,5 +311,6 @@ if __name__ == "__main__":
     else:
         print(f"# throughput, context: {args.context}, server flags: {args.server_arg}")
     print(f"# machine: {machine(trained=bool(args.model))}")
-    asyncio.run(main(args.requests, args.catalogue_items, args.context, args.server_arg,
-                     args.model, args.catalogue, args.shape))
+    asyncio.run(main(args.requests or (150 if args.model else 24), args.catalogue_items, args.context, args.server_arg,
+                     args.model, args.catalogue, args.shape, args.repeats or (3 if args.model else 1),
+                     args.pinning_ab and bool(args.model)))

@@ -127,26 +127,32 @@ class SlateAutomaton:
     finished: bool = False
 
     def __post_init__(self) -> None:
-        self._index = {t: i for i, t in enumerate(self.spec.handle_tokens)}
-        self._taken = [False] * len(self.spec.handle_tokens)
+        spec = self.spec
+        n = len(spec.handle_tokens)
+        self._index = {t: i for i, t in enumerate(spec.handle_tokens)}
+        self._categories = np.asarray(spec.categories, dtype=np.int64)
+        # Whether each candidate may come next; kept up to date by _commit, so
+        # a decoding step (run for every request in the batch) reads it
+        # instead of walking the candidates and their caps again.
+        self._available = np.ones(n, dtype=bool)
         self._per_category: dict[int, int] = {}
-        self._max_sim = [0.0] * len(self.spec.handle_tokens)
+        self._prior = np.asarray(spec.prior, dtype=np.float32) if spec.prior else np.zeros(n, np.float32)
+        self._max_sim = np.zeros(n, dtype=np.float32)
+        self._similarity = (np.asarray(spec.similarity, dtype=np.float32).reshape(n, n)
+                            if spec.similarity else None)
         self.dpp: GreedyDpp | None = None
 
     @property
     def done(self) -> bool:
         return len(self.chosen) == self.spec.k
 
+    def allowed_mask(self) -> np.ndarray:
+        """Per candidate, whether it may come next (all False once K are chosen)."""
+        return np.zeros_like(self._available) if self.done else self._available.copy()
+
     def allowed(self) -> list[int]:
         """Candidate indices that may come next (empty once K are chosen)."""
-        if self.done:
-            return []
-        spec, counts = self.spec, self._per_category
-        return [
-            i
-            for i, c in enumerate(spec.categories)
-            if not self._taken[i] and counts.get(c, 0) < spec.cap(c)
-        ]
+        return np.flatnonzero(self.allowed_mask()).tolist()
 
     def allowed_tokens(self) -> list[int]:
         if self.finished:
@@ -156,13 +162,14 @@ class SlateAutomaton:
         tokens = self.spec.handle_tokens
         return [tokens[i] for i in self.allowed()]
 
+    def biases(self) -> np.ndarray:
+        """Logit bias of every candidate now: relevance prior minus redundancy."""
+        if self.spec.diversity_penalty and self.chosen:
+            return self._prior - np.float32(self.spec.diversity_penalty) * self._max_sim
+        return self._prior
+
     def bias(self, candidate: int) -> float:
-        """Logit bias for a candidate now: relevance prior minus redundancy."""
-        spec = self.spec
-        b = spec.prior[candidate] if spec.prior else 0.0
-        if spec.diversity_penalty and self.chosen:
-            b -= spec.diversity_penalty * self._max_sim[candidate]
-        return b
+        return float(self.biases()[candidate])
 
     def start_dpp(self, logits: Sequence[float]) -> None:
         """Fix the DPP's quality from the first step's logits of the handles:
@@ -174,17 +181,15 @@ class SlateAutomaton:
         quality = (quality - quality.mean()) / (quality.std() + EPS)
         if spec.prior:
             quality = quality + np.asarray(spec.prior, dtype=np.float32)
-        n = len(spec.handle_tokens)
-        kernel = np.asarray(spec.similarity, dtype=np.float32).reshape(n, n)
         weights = np.exp(float(spec.dpp_beta) * quality)
-        self.dpp = GreedyDpp(weights, kernel.__getitem__, spec.k)
+        self.dpp = GreedyDpp(weights, self._similarity.__getitem__, spec.k)
         for i in self.chosen:
             self.dpp.add(i)
 
-    def dpp_gains(self, candidates: Sequence[int]) -> list[float]:
-        """log marginal gain in det(L) of each candidate given the slate so far."""
+    def dpp_gains(self, candidates: Sequence[int] | np.ndarray) -> np.ndarray:
+        """log marginal gain in det(L) of each candidate (indices or a mask) given the slate so far."""
         assert self.dpp is not None
-        return np.log(self.dpp.residual[list(candidates)] + EPS).tolist()
+        return np.log(self.dpp.residual[np.asarray(candidates)] + EPS).astype(np.float32)
 
     def advance(self, token: int) -> int | None:
         """Commit one token; returns the chosen candidate index, None for EOS."""
@@ -196,7 +201,7 @@ class SlateAutomaton:
             self.finished = True
             return None
         i = self._index.get(token)
-        if i is None or i not in self.allowed():
+        if i is None or not self._available[i]:
             raise SlateViolation(f"token {token} is not an allowed handle")
         self._commit(i)
         return i
@@ -204,15 +209,15 @@ class SlateAutomaton:
     def _commit(self, i: int) -> None:
         spec = self.spec
         self.chosen.append(i)
-        self._taken[i] = True
+        self._available[i] = False
         c = spec.categories[i]
         self._per_category[c] = self._per_category.get(c, 0) + 1
+        if self._per_category[c] >= spec.cap(c):
+            self._available[self._categories == c] = False
         if self.dpp is not None:
             self.dpp.add(i)
-        if spec.similarity and spec.dpp_beta is None:
-            n = len(spec.handle_tokens)
-            row = spec.similarity[i * n : (i + 1) * n]
-            self._max_sim = [max(a, b) for a, b in zip(self._max_sim, row)]
+        if self._similarity is not None and spec.dpp_beta is None:
+            np.maximum(self._max_sim, self._similarity[i], out=self._max_sim)
 
     def sync(self, output_tokens: Sequence[int]) -> None:
         """Catch up with the tokens the engine has committed so far."""

@@ -7,34 +7,36 @@ import torch
 from slatewise.decoding.automaton import SlateAutomaton
 
 
-def constrain_row(automaton: SlateAutomaton, logits: torch.Tensor) -> torch.Tensor:
+def handle_tensor(automaton: SlateAutomaton, device: torch.device | str = "cpu") -> torch.Tensor:
+    return torch.tensor(list(automaton.spec.handle_tokens), dtype=torch.long, device=device)
+
+
+def constrain_row(automaton: SlateAutomaton, logits: torch.Tensor,
+                  handles: torch.Tensor | None = None) -> torch.Tensor:
     """Return a row where only the allowed next tokens keep a finite logit.
 
     Everything else becomes -inf, so neither sampling nor greedy decoding can
     leave the slate language, whatever the model or the prompt says.
+    ``handles`` (the spec's handle tokens as a tensor) may be passed in by a
+    caller that keeps it per request: this runs for every request at every step.
     """
     out = torch.full_like(logits, float("-inf"))
     if automaton.done:
-        eos = automaton.spec.eos_token_id
-        out[eos] = 0.0
+        out[automaton.spec.eos_token_id] = 0.0
         return out
-    allowed = automaton.allowed()
-    tokens = torch.tensor(
-        [automaton.spec.handle_tokens[i] for i in allowed], dtype=torch.long, device=logits.device
-    )
+    if handles is None:
+        handles = handle_tensor(automaton, logits.device)
+    mask = automaton.allowed_mask()
+    tokens = handles[torch.from_numpy(mask).to(logits.device)]
     if automaton.spec.dpp_beta is not None:
         # Greedy DPP: the first step's logits fix the quality; from then on
         # the row is each allowed item's log marginal gain, so greedy
         # decoding commits exactly the DPP's pick and sampling draws in
         # proportion to the gain.
         if automaton.dpp is None:
-            every = torch.tensor(list(automaton.spec.handle_tokens), dtype=torch.long, device=logits.device)
-            automaton.start_dpp(logits[every].float().tolist())
-        gains = torch.tensor(automaton.dpp_gains(allowed), dtype=logits.dtype, device=logits.device)
-        out[tokens] = gains
-        return out
-    bias = torch.tensor(
-        [automaton.bias(i) for i in allowed], dtype=logits.dtype, device=logits.device
-    )
-    out[tokens] = logits[tokens] + bias
+            automaton.start_dpp(logits[handles].float().cpu().numpy())
+        values = torch.from_numpy(automaton.dpp_gains(mask))
+    else:
+        values = logits[tokens].float().cpu() + torch.from_numpy(automaton.biases()[mask])
+    out[tokens] = values.to(device=logits.device, dtype=logits.dtype)
     return out

@@ -13,7 +13,7 @@ from vllm.sampling_params import SamplingParams
 from vllm.v1.sample.logits_processor import AdapterLogitsProcessor
 
 from slatewise.decoding.automaton import SlateAutomaton, SlateSpec
-from slatewise.decoding.masking import constrain_row
+from slatewise.decoding.masking import constrain_row, handle_tensor
 
 
 class SlateRequestProcessor:
@@ -21,10 +21,13 @@ class SlateRequestProcessor:
 
     def __init__(self, spec: SlateSpec) -> None:
         self.automaton = SlateAutomaton(spec)
+        self.handles: torch.Tensor | None = None
 
     def __call__(self, output_ids: list[int], logits: torch.Tensor) -> torch.Tensor:
         self.automaton.sync(output_ids)
-        return constrain_row(self.automaton, logits)
+        if self.handles is None:
+            self.handles = handle_tensor(self.automaton, logits.device)
+        return constrain_row(self.automaton, logits, self.handles)
 
 
 class SlateLogitsProcessorV1(AdapterLogitsProcessor):
