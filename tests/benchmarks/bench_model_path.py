@@ -113,14 +113,9 @@ class RawEngine:
                                           self.settings.retrieval_top_n)), req
 
     async def generate(self, plan, request_id):
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
-
         from slatewise.model.engine import Engine
 
-        params = SamplingParams(temperature=0.0, max_tokens=plan.spec.k + 1,
-                                extra_args=plan.spec.to_extra_args(),
-                                output_kind=RequestOutputKind.DELTA, detokenize=False)
+        params = Engine.sampling_params(plan.spec)  # what the server sends
         t0 = time.perf_counter()
         first, n = None, 0
         # Token ids, or (a trained model with a query) prompt embeddings, as the server sends them.
@@ -277,8 +272,9 @@ async def main(rounds: int, server_args: list[str], model: str = "", catalogue: 
                  ["service / (raw + query encoder) (p50)", median(svc) / median(results["raw_enc"])]]
         for shape in SHAPES:
             s, r = by_shape["svc", shape], by_shape["raw", shape]
-            rows += [[f"{shape}-only requests: service p50 s / raw p50 s / service/raw",
-                      f"{median(s):.3f} / {median(r):.3f} / {median(s) / median(r):.3f}"]]
+            rows += [[f"{shape}-only requests: service p50 s / raw p50 s / service/raw / median per-request ratio",
+                      f"{median(s):.3f} / {median(r):.3f} / {median(s) / median(r):.3f} / "
+                      f"{median([a / b for a, b in zip(s, r)]):.3f}"]]
     print(table(["measure", "value"], rows), flush=True)
 
 

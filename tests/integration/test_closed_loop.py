@@ -50,7 +50,7 @@ def loop(tmp_path_factory):
     first = _train(models / "slates-v1", "--interactions", str(log))
     feedback = root / "feedback"
     server = start_server(root, "--model", str(first), "--feedback-dir", str(feedback),
-                          "--model-swap-root", str(models), "--distributed-executor-backend", "uni",
+                          "--model-swap-root", str(models),
                           wait_for=MODEL, timeout=400)
     yield server, models, log, feedback
     stop_server(server)

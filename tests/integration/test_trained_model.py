@@ -51,11 +51,10 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained_server(model_dir, tmp_path_factory):
     # No rebuild after the kill: the test watches the pointwise path serve a dead engine's
-    # requests. The worker inside the engine core process ("uni"; the core stays a process
-    # of its own, to be killed) halves the engine's start on a busy machine.
+    # requests.
     server = start_server(tmp_path_factory.mktemp("trained-server"), "--model", str(model_dir),
                           "--engine-health-interval-seconds", "0.5", "--no-engine-restart",
-                          "--distributed-executor-backend", "uni", wait_for=MODEL, timeout=400)
+                          wait_for=MODEL, timeout=400)
     yield server
     stop_server(server)
 

@@ -146,4 +146,11 @@ def test_dpp_choice_in_the_engine_is_select_dpp_over_the_first_step_logits():
     top = np.argsort(-first[tokens])[:k]
     spread_idx = [t - 10 for t in spread]
     assert np.linalg.slogdet(kernel[np.ix_(spread_idx, spread_idx)])[1] > np.linalg.slogdet(kernel[np.ix_(top, top)])[1]
-    assert SlateSpec.from_extra_args(spec.to_extra_args()).dpp_beta == pytest.approx(0.4)
+    back = SlateSpec.from_extra_args(spec.to_extra_args())
+    assert back.dpp_beta == pytest.approx(0.4)
+    # The kernel travels as float32 bytes and comes back the same; a spec built
+    # from bytes (as the planner builds it) decodes exactly as one built from a list.
+    assert isinstance(spec.to_extra_args()["slatewise"]["similarity"], bytes)
+    np.testing.assert_array_equal(back.similarity_array(), np.asarray(spec.similarity, np.float32))
+    as_bytes = SlateSpec(**{**spec.__dict__, "similarity": np.asarray(spec.similarity, np.float32).tobytes()})
+    assert _greedy_through_logits(as_bytes, lambda step: first if step == 0 else later[step]) == picked

@@ -101,7 +101,7 @@ def test_spec_names_the_item_tokens_of_the_allowed_candidates():
     # Diversity is a DPP in the engine: kernel (1 - a) cosine + a [same category], beta = scale (1 - d).
     assert spec.diversity_penalty == 0.0 and spec.dpp_beta == pytest.approx(0.2 * 0.5)
     e = cset.embeddings
-    kernel = np.array(spec.similarity).reshape(3, 3)
+    kernel = spec.similarity_array().reshape(3, 3)
     assert kernel[0, 1] == pytest.approx(0.7 * float(e[0] @ e[1]), abs=1e-4)  # cat1 vs cat0
     assert np.diag(kernel) == pytest.approx([1.0, 1.0, 1.0], abs=1e-4)
     assert np.linalg.eigvalsh(kernel).min() > -1e-3  # a DPP kernel: positive semi-definite

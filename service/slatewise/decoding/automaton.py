@@ -37,8 +37,10 @@ class SlateSpec:
     category_caps: Sequence[int] = ()
     # Additive logit bias per candidate (relevance prior), or empty.
     prior: Sequence[float] = ()
-    # Row-major n*n cosine similarities among candidates, or empty.
-    similarity: Sequence[float] = ()
+    # Row-major n*n cosine similarities among candidates, or empty; float32
+    # bytes travel cheapest (vLLM deep-copies and walks a list's every float
+    # in the server and decodes it again in the engine, per request).
+    similarity: Sequence[float] | bytes = ()
     # Logits subtracted per unit of max-similarity to already chosen items.
     diversity_penalty: float = 0.0
     # Set: choose by greedy DPP instead of the penalty. ``similarity`` is then
@@ -55,7 +57,7 @@ class SlateSpec:
             raise ValueError("one category per candidate")
         if self.prior and len(self.prior) != n:
             raise ValueError("one prior per candidate")
-        if self.similarity and len(self.similarity) != n * n:
+        if self.similarity and len(self.similarity_array()) != n * n:
             raise ValueError("similarity must be n*n")
         if self.eos_token_id in self.handle_tokens:
             raise ValueError("EOS cannot be a handle")
@@ -63,6 +65,11 @@ class SlateSpec:
             raise ValueError("k must be between 1 and the number of candidates")
         if self.dpp_beta is not None and (self.dpp_beta < 0 or not self.similarity):
             raise ValueError("dpp_beta needs a similarity kernel and must be >= 0")
+
+    def similarity_array(self) -> np.ndarray:
+        sim = self.similarity
+        return (np.frombuffer(sim, dtype=np.float32) if isinstance(sim, bytes)
+                else np.asarray(sim, dtype=np.float32))
 
     def cap(self, category: int) -> int:
         caps = self.category_caps
@@ -77,7 +84,7 @@ class SlateSpec:
                 "categories": list(self.categories),
                 "caps": list(self.category_caps),
                 "prior": list(self.prior),
-                "similarity": list(self.similarity),
+                "similarity": self.similarity_array().tobytes() if self.similarity else b"",
                 "penalty": self.diversity_penalty,
                 "dpp_beta": self.dpp_beta,
             }
@@ -95,10 +102,16 @@ class SlateSpec:
             categories=tuple(int(c) for c in data["categories"]),
             category_caps=tuple(int(c) for c in data.get("caps", ())),
             prior=tuple(float(p) for p in data.get("prior", ())),
-            similarity=tuple(float(s) for s in data.get("similarity", ())),
+            similarity=_similarity(data.get("similarity", ())),
             diversity_penalty=float(data.get("penalty", 0.0)),
             dpp_beta=None if data.get("dpp_beta") is None else float(data["dpp_beta"]),
         )
+
+
+def _similarity(value) -> tuple[float, ...] | bytes:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value) or ()
+    return tuple(float(s) for s in value)
 
 
 def capacity(k: int, categories: Sequence[int], caps: Sequence[int]) -> int:
@@ -138,8 +151,7 @@ class SlateAutomaton:
         self._per_category: dict[int, int] = {}
         self._prior = np.asarray(spec.prior, dtype=np.float32) if spec.prior else np.zeros(n, np.float32)
         self._max_sim = np.zeros(n, dtype=np.float32)
-        self._similarity = (np.asarray(spec.similarity, dtype=np.float32).reshape(n, n)
-                            if spec.similarity else None)
+        self._similarity = spec.similarity_array().reshape(n, n) if spec.similarity else None
         self.dpp: GreedyDpp | None = None
 
     @property

@@ -177,6 +177,10 @@ class Engine:
         s = self.settings
         if self._trained_error:
             raise RuntimeError(self._trained_error)
+        if (s.distributed_executor_backend == "uni" and current_platform.is_cpu()
+                and os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING", "1") == "1"):
+            log.warning("distributed_executor_backend 'uni' is replaced by 'mp' on the CPU build "
+                        "(vLLM's rule while its V1 multiprocessing is on): the worker stays a process of its own")
         self.dtype = choose_dtype(s.dtype, on_gpu=not current_platform.is_cpu(), trained=self.trained is not None)
         log.info("engine dtype %s (%s)", self.dtype.dtype, self.dtype.reason)
         memory = (
@@ -366,24 +370,31 @@ class Engine:
         return EmbedsPrompt(prompt_embeds=torch.as_tensor(prompt_embeds))  # vLLM casts to the model's dtype
 
     @staticmethod
+    def sampling_params(spec: SlateSpec, temperature: float = 0.0, seed: int | None = None):
+        """One slate's sampling parameters: K handles and EOS, the slate spec
+        for the logits processor, token ids only, streamed as deltas."""
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        return SamplingParams(
+            temperature=temperature,
+            seed=seed,
+            max_tokens=spec.k + 1,
+            extra_args=spec.to_extra_args(),
+            output_kind=RequestOutputKind.DELTA,
+            detokenize=False,
+            skip_special_tokens=False,
+            skip_clone=True,  # built for this request alone: no deep copy of the spec
+        )
+
+    @staticmethod
     async def _pump(llm, prompt, spec: SlateSpec, request_id: str,
                     temperature: float, seed: int | None, emit: Callable[[tuple], object]) -> None:
         """On the engine's loop: run one request, emit (tokens, finished) per
         output, or (exception, True). Cancelled, it aborts the request."""
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
-
         finished = False
         try:
-            params = SamplingParams(
-                temperature=temperature,
-                seed=seed,
-                max_tokens=spec.k + 1,
-                extra_args=spec.to_extra_args(),
-                output_kind=RequestOutputKind.DELTA,
-                detokenize=False,
-                skip_special_tokens=False,
-            )
+            params = Engine.sampling_params(spec, temperature, seed)
             async for out in llm.generate(prompt, params, request_id=request_id):
                 finished = out.finished
                 emit((list(out.outputs[0].token_ids), finished))

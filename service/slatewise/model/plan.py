@@ -84,16 +84,16 @@ def slate_spec(cset: CandidateSet, allowed: Sequence[int], handle_tokens: Sequen
         prior = np.round(weight * np.clip(z, -PRIOR_CLIP, PRIOR_CLIP), 4).tolist()
     categories = cset.category_index[allowed]
     e = cset.embeddings[allowed]
-    similarity: list[float] = []
+    similarity = b""
     penalty, beta = 0.0, None
     if dpp is not None and request.diversity > 0:
         a = dpp.category_weight
         kernel = (1 - a) * (e @ e.T) + a * (categories[:, None] == categories[None, :])
-        similarity = np.round(kernel, 4).ravel().tolist()
+        similarity = kernel.astype(np.float32).tobytes()
         beta = dpp.scale * (1 - request.diversity)
     elif dpp is None and request.diversity * diversity_penalty > 0:
         penalty = request.diversity * diversity_penalty
-        similarity = np.round(np.clip(e @ e.T, 0.0, 1.0), 4).ravel().tolist()
+        similarity = np.clip(e @ e.T, 0.0, 1.0).astype(np.float32).tobytes()
     return SlateSpec(
         k=k,
         eos_token_id=eos_token_id,
