@@ -167,9 +167,9 @@ def pin_engine_core(pids: list[int]) -> set[int] | None:
     on the core vLLM left for the server and takes it from the gRPC thread,
     the query encoder and the pointwise hedge. Pinned beside the worker, the
     two spinners yield to each other on one core and the server keeps its
-    own. Measured on 2 cores (docs/BENCHMARKS.md): concurrency 16 served
-    134-168 slates/s pinned against 93-110 unpinned, at the same
-    concurrency-1 latency.
+    own. Measured on 2 cores, the same server switched between the two
+    (docs/BENCHMARKS.md): 31-57 % more slates at concurrency 16 pinned, and
+    4-16 % fewer at concurrency 1, where the spinners now share a core.
     """
     workers = [p for p in pids if _comm(p).startswith("VLLM::Worker")]
     cores: set[int] = set()
