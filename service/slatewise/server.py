@@ -59,7 +59,7 @@ def limit_torch_threads() -> None:
     Runtime). With torch's default team, each such op wakes an OpenMP thread
     that then spins on the other core: measured with the ML-100K model, a
     query-only slate's engine phase took 2.3 ms longer than a history-only
-    one's, and the same with one thread (docs/BENCHMARKS.md).
+    one's, 0.4 ms longer with one thread (docs/BENCHMARKS.md).
     """
     import torch
 

@@ -35,6 +35,7 @@ import psutil
 from common import machine, start_server, stop_server, table
 
 LEVELS = [1, 4, 16, 64]
+PINNING_LEVELS = ((1, 150), (16, 480))  # (concurrency, requests) of --pinning-ab, per mode and repeat
 
 
 def vm_hwm(pid: int) -> int:
@@ -161,7 +162,8 @@ async def throughput(tmp, rounds_per_level, context, rows, mem, server_args, mod
             pool = shared_pool(path=catalogue or None)
             ids = catalogue_ids(catalogue or None)
             # Enough distinct requests that none repeats (a repeated query is cached).
-            total = repeats * (sum(max(rounds_per_level, 30 * c) for c in LEVELS) + (2 * 630 if pinning_ab else 0))
+            ab = 2 * sum(n for _, n in PINNING_LEVELS) if pinning_ab else 0  # both modes
+            total = repeats * (sum(max(rounds_per_level, 30 * c) for c in LEVELS) + ab)
             mix = [trained_request(i, pool, ids, 10, shape=shape, diversity=rng.choice([0.0, 0.5]))[1]
                    for i in range(total)]
         elif context == "pool50":
@@ -189,7 +191,7 @@ async def throughput(tmp, rounds_per_level, context, rows, mem, server_args, mod
                 n = max(rounds_per_level, (30 if model else 3) * c)
                 # A trained model: fresh requests at every level (no query embedding
                 # cached by an earlier level); the text path keeps its mix.
-                level_mix = mix[offset % len(mix):] + mix[:offset % len(mix)] if model else mix
+                level_mix = rotated(mix, offset) if model else mix
                 offset += n if model else 0
                 cpu0 = cpu_seconds(peak.proc)
                 results = await run_load(server.target, level_mix, requests=n,
@@ -214,7 +216,7 @@ async def throughput(tmp, rounds_per_level, context, rows, mem, server_args, mod
                         + ([" / ".join(f"{s['throughput_rps']:.1f}" for s in summaries)] if repeats > 1 else [])
                         + ([f"{server_cpu:.1f} ms / {engine_cpu:.1f} ms"] if model else []))
         if pinning_ab:
-            await compare_pinning(server, mix[offset % len(mix):] + mix[:offset % len(mix)], repeats)
+            await compare_pinning(server, rotated(mix, offset), repeats)
     finally:
         peak.stop()
         stop_server(server)
@@ -223,15 +225,24 @@ async def throughput(tmp, rounds_per_level, context, rows, mem, server_args, mod
             ["engine processes (EngineCore + worker), 2 GiB KV cache", f"{peak.engine / 2**30:.2f} GiB"]]
 
 
+def rotated(mix: list, offset: int) -> list:
+    """The mix starting at ``offset``: fresh requests for the next level."""
+    offset %= len(mix)
+    return mix[offset:] + mix[:offset]
+
+
 def set_engine_core_cores(server, pinned: bool) -> None:
-    """What the server's cpu_pin_engine_core does at start, done or undone from
-    outside: the engine core's threads onto its worker's cores, or anywhere."""
+    """What the server's cpu_pin_engine_core does at start (the same function),
+    or its undoing from outside: the engine core's threads on any core."""
+    from slatewise.model.platform import pin_engine_core
+
     procs = psutil.Process(server.process.pid).children(recursive=True)
-    worker = next(p for p in procs if p.name().startswith("VLLM::Worker"))
+    if pinned:
+        assert pin_engine_core([p.pid for p in procs]), "no engine core to pin"
+        return
     core = next(p for p in procs if p.name().startswith("VLLM::EngineCor"))
-    cores = worker.cpu_affinity() if pinned else sorted(os.sched_getaffinity(0))
     for thread in core.threads():
-        os.sched_setaffinity(thread.id, cores)
+        os.sched_setaffinity(thread.id, sorted(os.sched_getaffinity(0)))
 
 
 async def compare_pinning(server, mix, repeats: int) -> None:
@@ -244,7 +255,7 @@ async def compare_pinning(server, mix, repeats: int) -> None:
     for r in range(repeats):
         for mode in (("pinned", "unpinned") if r % 2 == 0 else ("unpinned", "pinned")):
             set_engine_core_cores(server, mode == "pinned")
-            for c, n in ((1, 150), (16, 480)):
+            for c, n in PINNING_LEVELS:
                 s = (await run_load(server.target, mix[offset:offset + n], requests=n,
                                     duration=300, concurrency=c)).summary()
                 offset += n

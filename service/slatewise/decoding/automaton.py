@@ -190,9 +190,7 @@ class SlateAutomaton:
         (docs/QUALITY.md)."""
         spec = self.spec
         quality = np.asarray(logits, dtype=np.float32)
-        quality = (quality - quality.mean()) / (quality.std() + EPS)
-        if spec.prior:
-            quality = quality + np.asarray(spec.prior, dtype=np.float32)
+        quality = (quality - quality.mean()) / (quality.std() + EPS) + self._prior
         weights = np.exp(float(spec.dpp_beta) * quality)
         self.dpp = GreedyDpp(weights, self._similarity.__getitem__, spec.k)
         for i in self.chosen:

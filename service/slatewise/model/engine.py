@@ -230,13 +230,13 @@ class Engine:
             V2_PROCESSOR if self.uses_v2_runner else V1_PROCESSOR
         ]
         llm = AsyncLLM.from_vllm_config(config, disable_log_stats=False)
+        children = descendant_pids()  # our only child processes are vLLM's (engine core, workers)
         if self.settings.cpu_pin_engine_core and current_platform.is_cpu():
-            cores = pin_engine_core(descendant_pids())
+            cores = pin_engine_core(children)
             if cores:
                 log.info("engine core pinned to its worker's cores %s", sorted(cores))
         if self.settings.engine_nice:
-            # Our only child processes are vLLM's (engine core, workers).
-            changed = lower_priority(descendant_pids(), self.settings.engine_nice)
+            changed = lower_priority(children, self.settings.engine_nice)
             log.info("engine processes at nice %d (%d changed)", self.settings.engine_nice, changed)
         # A trained model has no text tokenizer: its vocabulary is the manifest's.
         return llm, (llm.get_tokenizer() if self.trained is None else None)
