@@ -169,7 +169,7 @@ def pin_engine_core(pids: list[int]) -> set[int] | None:
     two spinners yield to each other on one core and the server keeps its
     own. Measured on 2 cores, the same server switched between the two
     (docs/BENCHMARKS.md): 31-57 % more slates at concurrency 16 pinned, and
-    4-16 % fewer at concurrency 1, where the spinners now share a core.
+    4-35 % fewer at concurrency 1, where the spinners now share a core.
     """
     workers = [p for p in pids if _comm(p).startswith("VLLM::Worker")]
     cores: set[int] = set()
