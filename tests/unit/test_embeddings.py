@@ -31,6 +31,29 @@ def test_onnx_runtime_gives_torchs_vectors(embedders):
                                atol=1e-5)
 
 
+def test_the_direct_tokenizer_gives_transformers_ids_and_is_safe_across_threads(embedders):
+    onnx, _ = embedders
+    enc = onnx._onnx
+    texts = [*TEXTS, "x " * 600, "", "Ünïcödé — ß ✓ 漢字", "   spaced   out  "]
+
+    def via_transformers(batch):
+        t = enc.tokenizer(batch, return_tensors="np", padding=True, truncation=True, max_length=enc.max_length)
+        return t["input_ids"], t["attention_mask"]
+
+    for batch in [[t] for t in texts] + [texts]:
+        ids, mask = enc._tokenize(batch)
+        want_ids, want_mask = via_transformers(batch)
+        assert ids.dtype == mask.dtype == np.int64
+        np.testing.assert_array_equal(ids, want_ids)
+        np.testing.assert_array_equal(mask, want_mask)
+    assert enc._tokenize(["x " * 600])[0].shape[1] == enc.max_length  # truncated
+    # Padding is configured once, not per call: threads cannot see each other's.
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda t: enc._tokenize([t])[0], texts * 4))
+    for text, ids in zip(texts * 4, got):
+        np.testing.assert_array_equal(ids, via_transformers([text])[0])
+
+
 def test_int8_queries_stay_close_to_the_float_vectors_and_items_stay_float(tmp_path_factory, embedders):
     onnx, _ = embedders
     int8 = Embedder(cache_dir=tmp_path_factory.mktemp("emb8"), runtime="onnx-int8")
