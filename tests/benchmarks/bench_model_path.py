@@ -285,8 +285,8 @@ async def main(rounds: int, server_args: list[str], model: str = "", catalogue: 
         rows = rows[:-3]
         query_encodes = [e for e in results["encode"] if e > 0]
         with_enc = results["raw_enc"]
-        rows += [["query soft token in the raw process (encoder + projection, uncached), p50 s",
-                  median(query_encodes)],
+        rows += [["query soft token in the raw process (encoder + projection, uncached), p50",
+                  f"{median(query_encodes) * 1e3:.2f} ms"],
                  ["service / raw model (soft token + generate) (p50)", median(svc) / median(with_enc)],
                  ["service / raw model, median of per-request ratios",
                   median([a / b for a, b in zip(svc, with_enc)])]]
