@@ -130,6 +130,30 @@ def test_engine_core_is_pinned_to_its_workers_cores():
             child.wait()
 
 
+def test_an_unpinned_engine_core_gets_every_core_back_and_only_it():
+    import os
+
+    from slatewise.model.platform import pin_engine_core, unpin_engine_core
+
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        pytest.skip("needs two cores")
+    worker = _named_child("VLLM::Worker", {allowed[0]})
+    core = _named_child("VLLM::EngineCore")
+    try:
+        assert pin_engine_core([worker.pid, core.pid]) == {allowed[0]}
+        threads = os.listdir(f"/proc/{core.pid}/task")
+        assert unpin_engine_core([worker.pid, core.pid]) == len(threads)
+        for tid in threads:
+            assert os.sched_getaffinity(int(tid)) == set(allowed)
+        assert os.sched_getaffinity(worker.pid) == {allowed[0]}  # the worker keeps vLLM's binding
+        assert pin_engine_core([worker.pid, core.pid]) == {allowed[0]}  # and it can be pinned again
+    finally:
+        for child in (worker, core):
+            child.kill()
+            child.wait()
+
+
 def test_an_unbound_worker_leaves_the_engine_core_alone():
     import os
 

@@ -35,7 +35,7 @@ from slatewise.config import Settings
 from slatewise.decoding.automaton import SlateSpec
 from slatewise.model.item_prompts import TrainedModel, trained_model_dir
 from slatewise.model.platform import (DtypeChoice, choose_dtype, descendant_pids, engine_cpu_bind,
-                                      lower_priority, pin_engine_core)
+                                      lower_priority, pin_engine_core, unpin_engine_core)
 from slatewise.model.prepare import resolve_model
 
 log = logging.getLogger(__name__)
@@ -94,8 +94,9 @@ class _Bridge:
 
 
 class Engine:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, pinned: bool = True) -> None:
         self.settings = settings
+        self.pinned = pinned  # whether its engine core is pinned once built (pin_core)
         self.state = EngineState.DISABLED if not settings.model_enabled else EngineState.STOPPED
         self.llm = None
         self.tokenizer = None
@@ -106,6 +107,7 @@ class Engine:
         self.dtype: DtypeChoice | None = None
         self._state_listeners: list[Callable[[EngineState], None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._processes: list[int] = []  # this engine's vLLM processes (engine core, workers)
         self._thread: threading.Thread | None = None
         self._bridges: dict[asyncio.AbstractEventLoop, _Bridge] = {}
         self.trained: TrainedModel | None = None
@@ -229,17 +231,36 @@ class Engine:
         config.model_config.logits_processors = [
             V2_PROCESSOR if self.uses_v2_runner else V1_PROCESSOR
         ]
+        before = set(descendant_pids())
         llm = AsyncLLM.from_vllm_config(config, disable_log_stats=False)
-        children = descendant_pids()  # our only child processes are vLLM's (engine core, workers)
-        if self.settings.cpu_pin_engine_core and current_platform.is_cpu():
-            cores = pin_engine_core(children)
-            if cores:
-                log.info("engine core pinned to its worker's cores %s", sorted(cores))
+        # Our only child processes are vLLM's (engine core, workers); those
+        # that were there before are another engine's (a hot swap's old one).
+        self._processes = [p for p in descendant_pids() if p not in before]
+        if self.pinned:  # else it keeps every core, as vLLM starts it
+            self.pin_core(True)
         if self.settings.engine_nice:
-            changed = lower_priority(children, self.settings.engine_nice)
+            changed = lower_priority(self._processes, self.settings.engine_nice)
             log.info("engine processes at nice %d (%d changed)", self.settings.engine_nice, changed)
         # A trained model has no text tokenizer: its vocabulary is the manifest's.
         return llm, (llm.get_tokenizer() if self.trained is None else None)
+
+    def pin_core(self, pinned: bool) -> None:
+        """Pin this engine's engine core beside its worker
+        (``cpu_pin_engine_core``, CPU only), or give it back every core
+        while another engine starts beside this one (platform.unpin_engine_core).
+        Remembered: an engine rebuilt after a crash is pinned as it was."""
+        was, self.pinned = self.pinned, pinned
+        if not (self._processes and self.settings.cpu_pin_engine_core):
+            return
+        from vllm.platforms import current_platform
+
+        if not current_platform.is_cpu():
+            return
+        if not pinned:
+            if was and unpin_engine_core(self._processes):
+                log.info("engine core unpinned while another engine starts")
+        elif cores := pin_engine_core(self._processes):
+            log.info("engine core pinned to its worker's cores %s", sorted(cores))
 
     async def start(self, warmup: Callable[[], Awaitable[None]] | None = None) -> bool:
         """Build the engine and warm it up; returns whether it became READY."""

@@ -114,10 +114,20 @@ class ModelSwitcher:
 
     async def _switch(self, target: Path, kind: str, shadow_requests: int = 0) -> ModelState:
         settings = self.settings.model_copy(update={"model": str(target), "served_model_id": ""})
-        engine = Engine(settings)
+        engine = Engine(settings, pinned=False)  # pinned once it serves alone
         slot = ModelSlot(engine, SlateComposer(engine, settings))
-        t0 = time.monotonic()
         log.info("hot-swap (%s): starting %s beside %s", kind, target, self.recommender.engine.model_id)
+        serving = self.recommender.engine
+        serving.pin_core(False)  # pinned, busy, it starves the new engine's start (platform.unpin_engine_core)
+        try:
+            return await self._start_and_switch(engine, slot, target, kind, shadow_requests)
+        finally:
+            if self.recommender.engine is serving:  # not switched: it keeps serving, pinned again
+                serving.pin_core(True)
+
+    async def _start_and_switch(self, engine: Engine, slot: ModelSlot, target: Path, kind: str,
+                                shadow_requests: int) -> ModelState:
+        t0 = time.monotonic()
         ok = await engine.start(warmup=lambda: self.recommender.warmup(slot, force=True))
         took = time.monotonic() - t0
         if not ok:
@@ -146,7 +156,7 @@ class ModelSwitcher:
         self._publish()
         log.info("hot-swap (%s): %s serves now (loaded in %.1fs); draining %s",
                  kind, engine.model_id, took, old.engine.model_id)
-        task = asyncio.create_task(self._drain(old))
+        task = asyncio.create_task(self._drain(old, engine))
         self._draining.add(task)
         task.add_done_callback(self._draining.discard)
         return self.status()
@@ -177,13 +187,17 @@ class ModelSwitcher:
         mean = (lambda xs: sum(xs) / len(xs) if xs else 0.0)
         return Shadow(len(overlap), mean(overlap), mean(ild), mean(coverage))
 
-    async def _drain(self, old: ModelSlot) -> None:
-        """Shut the old engine down once the requests that took its slot have finished."""
+    async def _drain(self, old: ModelSlot, new: Engine) -> None:
+        """Shut the old engine down once the requests that took its slot have
+        finished; the new one, alone from then on, is pinned."""
         end = time.monotonic() + self.drain_seconds
         while (old.active or old.engine.num_unfinished_requests()) and time.monotonic() < end:
             await asyncio.sleep(0.05)
         await old.engine.shutdown()
         log.info("hot-swap: %s shut down", old.engine.model_id)
+        # Not while another switch is under way: that one pins whichever serves at its end.
+        if self.recommender.engine is new and not self._lock.locked():
+            new.pin_core(True)
 
     async def close(self) -> None:
         for task in list(self._draining):
