@@ -106,52 +106,52 @@ def _named_child(name: str, cores: set[int] | None = None):
     return child
 
 
-def test_engine_core_is_pinned_to_its_workers_cores():
+@pytest.fixture
+def bound_worker():
+    """A named worker bound to the first allowed core, an engine core and a
+    bystander, as real processes with a second thread each."""
+    import os
+
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        pytest.skip("needs two cores")
+    children = (_named_child("VLLM::Worker", {allowed[0]}), _named_child("VLLM::EngineCore"),
+                _named_child("python"))
+    yield (set(allowed), *children)
+    for child in children:
+        child.kill()
+        child.wait()
+
+
+def test_engine_core_is_pinned_to_its_workers_cores(bound_worker):
     import os
 
     from slatewise.model.platform import pin_engine_core
 
-    allowed = sorted(os.sched_getaffinity(0))
-    if len(allowed) < 2:
-        pytest.skip("needs two cores")
-    worker = _named_child("VLLM::Worker", {allowed[0]})
-    core = _named_child("VLLM::EngineCore")
-    other = _named_child("python")
-    try:
-        assert pin_engine_core([worker.pid, core.pid, other.pid]) == {allowed[0]}
-        for tid in os.listdir(f"/proc/{core.pid}/task"):  # every thread, not only the main one
-            assert os.sched_getaffinity(int(tid)) == {allowed[0]}
-        assert os.sched_getaffinity(other.pid) == set(allowed)  # nothing else is touched
-        # A worker bound to nothing in particular leaves the engine core alone.
-        assert pin_engine_core([other.pid, core.pid]) is None
-    finally:
-        for child in (worker, core, other):
-            child.kill()
-            child.wait()
+    allowed, worker, core, other = bound_worker
+    first = {min(allowed)}
+    assert pin_engine_core([worker.pid, core.pid, other.pid]) == first
+    for tid in os.listdir(f"/proc/{core.pid}/task"):  # every thread, not only the main one
+        assert os.sched_getaffinity(int(tid)) == first
+    assert os.sched_getaffinity(other.pid) == allowed  # nothing else is touched
+    # A worker bound to nothing in particular leaves the engine core alone.
+    assert pin_engine_core([other.pid, core.pid]) is None
 
 
-def test_an_unpinned_engine_core_gets_every_core_back_and_only_it():
+def test_an_unpinned_engine_core_gets_every_core_back_and_only_it(bound_worker):
     import os
 
     from slatewise.model.platform import pin_engine_core, unpin_engine_core
 
-    allowed = sorted(os.sched_getaffinity(0))
-    if len(allowed) < 2:
-        pytest.skip("needs two cores")
-    worker = _named_child("VLLM::Worker", {allowed[0]})
-    core = _named_child("VLLM::EngineCore")
-    try:
-        assert pin_engine_core([worker.pid, core.pid]) == {allowed[0]}
-        threads = os.listdir(f"/proc/{core.pid}/task")
-        assert unpin_engine_core([worker.pid, core.pid]) == len(threads)
-        for tid in threads:
-            assert os.sched_getaffinity(int(tid)) == set(allowed)
-        assert os.sched_getaffinity(worker.pid) == {allowed[0]}  # the worker keeps vLLM's binding
-        assert pin_engine_core([worker.pid, core.pid]) == {allowed[0]}  # and it can be pinned again
-    finally:
-        for child in (worker, core):
-            child.kill()
-            child.wait()
+    allowed, worker, core, _ = bound_worker
+    first = {min(allowed)}
+    assert pin_engine_core([worker.pid, core.pid]) == first
+    threads = os.listdir(f"/proc/{core.pid}/task")
+    assert unpin_engine_core([worker.pid, core.pid]) == len(threads)
+    for tid in threads:
+        assert os.sched_getaffinity(int(tid)) == allowed
+    assert os.sched_getaffinity(worker.pid) == first  # the worker keeps vLLM's binding
+    assert pin_engine_core([worker.pid, core.pid]) == first  # and it can be pinned again
 
 
 def test_an_unbound_worker_leaves_the_engine_core_alone():
