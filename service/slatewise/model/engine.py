@@ -214,7 +214,6 @@ class Engine:
 
     def _build(self):
         """Blocking: runs in a worker thread."""
-        from vllm.platforms import current_platform
         from vllm.v1.engine.async_llm import AsyncLLM
 
         bind = self.settings.cpu_omp_threads_bind or engine_cpu_bind()
