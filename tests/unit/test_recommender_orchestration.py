@@ -14,6 +14,7 @@ import pytest
 from slatewise.candidates import CandidateSet
 from slatewise.config import load_settings
 from slatewise.domain import Candidate, FallbackReason, SlateRequest, Source, Strategy
+from slatewise.errors import InvalidRequest
 from slatewise.metrics import Metrics
 from slatewise.model.composer import ContextTooLong
 from slatewise.model.engine import EngineRequestError, EngineState
@@ -75,10 +76,7 @@ def _recommender(composer, engine=None, **settings):
     rec = Recommender(s, store=None, embedder=None, engine=engine or FakeEngine(), composer=composer,
                       metrics=Metrics())
 
-    async def candidates(request):
-        return _cset(request)
-
-    rec.candidates = candidates
+    rec.resolve = _cset
     return rec
 
 
@@ -178,3 +176,48 @@ async def test_a_trained_model_short_of_known_candidates_is_filled_pointwise():
     out = await _run(_recommender(NoneKnown([])), _req())
     assert out.strategy is Strategy.FALLBACK and out.reason is FallbackReason.UNKNOWN_CANDIDATES
     assert out.model_id == ""
+
+
+async def test_a_request_whose_candidates_fail_gives_back_its_model_slot():
+    # The gate runs before the candidates are resolved: a request that then
+    # turns out invalid must not keep the model slot (or a circuit trial).
+    rec = _recommender(ScriptedComposer([0, 1, 2, 3]), max_model_inflight=1)
+
+    def invalid(request):
+        raise InvalidRequest([("k", "scripted")])
+
+    rec.resolve = invalid
+    with pytest.raises(InvalidRequest):
+        await _run(rec, _req())
+    assert rec.model_slots.inflight == 0
+    rec.resolve = _cset
+    out = await _run(rec, _req())
+    assert out.strategy is Strategy.MODEL
+
+
+async def test_the_hedge_waits_for_the_engine_to_have_the_request():
+    # It used to start before planning and hold the GIL that planning and the
+    # request's set-up need; now it starts once compose() has been entered.
+    order = []
+
+    class Recording(ScriptedComposer):
+        def plan(self, cset):
+            order.append("plan")
+            return super().plan(cset)
+
+        async def compose(self, plan, **kw):
+            order.append("compose")
+            async for p in super().compose(plan, **kw):
+                yield p
+
+    rec = _recommender(Recording([3, 1, 4, 0], delay=0.01))
+    pointwise = rec._pointwise
+
+    def recorded(*args):
+        order.append("hedge")
+        return pointwise(*args)
+
+    rec._pointwise = recorded
+    out = await _run(rec, _req())
+    assert out.strategy is Strategy.MODEL
+    assert order == ["plan", "compose", "hedge"]
