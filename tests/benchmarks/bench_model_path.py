@@ -2,9 +2,11 @@
 item, prefix cache on vs off, and decoding settings (position bias, diversity).
 
 Everything is measured in one run, requests one at a time and interleaved
-between the systems compared, so machine noise hits both sides alike; at
-each switch from one engine to the other the benchmark waits out vLLM's
-one-second spin-wait, so an idle engine never competes with the measured one.
+between the systems compared, so machine noise hits both sides alike. Before
+each timed request of the service / raw phase (and at each switch from one
+engine to the other in the prefix-cache phase) the benchmark waits out vLLM's
+one-second spin-wait, so an idle engine never competes with the measured one
+and every request finds its engine in the same state.
 
     python tests/benchmarks/bench_model_path.py [--rounds 30] [--server-args "--cpu-omp-threads-bind 0-1"]
     python tests/benchmarks/bench_model_path.py --model DIR [--catalogue CAT] [--rounds 40]
@@ -197,16 +199,20 @@ async def main(rounds: int, server_args: list[str], model: str = "", catalogue: 
                 # an encoder run just before the timed one would find its
                 # weights in cache, as the server's (between other work) does not.
                 plans = [raw.plan(r) for r in reqs]
-                last = None
                 for i, (request, (plan, req)) in enumerate(zip(reqs, plans)):
                     shape = SHAPES[i % len(SHAPES)]
                     for which in ([0, 1] if i % 2 == 0 else [1, 0]):
-                        if last is not None and which != last:
-                            # The other engine's processes spin-wait for a second
-                            # after their last step (vLLM's shm queue): let them
-                            # stop, or they share this one's cores (pinned alike).
-                            await asyncio.sleep(SPIN_WINDOW)
-                        last = which
+                        # Every timed request starts with both engines idle.
+                        # The other engine's processes spin-wait for a second
+                        # after their last step (vLLM's shm queue): they would
+                        # share this one's cores (pinned alike). And a request
+                        # that follows one on the same engine at once finds it
+                        # still spinning, several ms faster than one after a
+                        # pause: waiting only at switches, with the order
+                        # alternating as the shapes do, gave the service every
+                        # query-only request cold and raw vLLM every one warm
+                        # (and history-only the other way round).
+                        await asyncio.sleep(SPIN_WINDOW)
                         if which == 0:
                             total, slate = await timed_unary(on, request)
                             assert slate.strategy == 2, slate  # STRATEGY_MODEL
