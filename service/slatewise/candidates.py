@@ -124,7 +124,8 @@ def _cat_caps(request: SlateRequest, categories: list[str]) -> tuple[list[int], 
 
 def resolve(request: SlateRequest, snapshot: CatalogueSnapshot, embedder: Embedder,
             top_n: int) -> CandidateSet:
-    """CPU-bound (embeddings): call it off the event loop."""
+    """CPU-bound (embeddings): off the event loop, unless nothing else
+    would wait for it (``Recommender._prepared``)."""
     ctx = context_vector(request, snapshot, embedder)
     if request.candidates is None:
         idx, scores = _retrieve(request, snapshot, ctx, top_n)

@@ -77,20 +77,32 @@ class Recommender:
             on_change=lambda st: metrics.circuit_state.set(CIRCUIT_STATES[st.value]),
         )
         self.model_slots = InflightLimit(settings.max_model_inflight)
+        self.running = 0  # slate requests between arrival and outcome, whichever slot
 
     def resolve(self, request: SlateRequest) -> CandidateSet:
-        """CPU-bound (the query encoder): called off the event loop."""
+        """CPU-bound (the query encoder): off the event loop unless the
+        request is alone (``_prepared``)."""
         return resolve(request, self.store.snapshot, self.embedder, self.settings.retrieval_top_n)
 
     async def candidates(self, request: SlateRequest) -> CandidateSet:
         return await asyncio.to_thread(self.resolve, request)
 
+    async def _prepared(self, slot: ModelSlot, request: SlateRequest,
+                        plan: bool) -> tuple[CandidateSet, ModelPlan | CannotPlan | None]:
+        """The candidates and the plan: on a worker thread while other
+        requests are in flight, so that their tokens and deadlines are not
+        held up by this one's query encoder (1-4 ms) or inline items; on the
+        event loop when this request is alone, with nobody to hold up: the
+        trip to the thread and back wakes two sleeping threads on the path
+        of the slate. Measured in the server, a lone request reached the
+        engine's thread 0.2-0.4 ms sooner on the loop (docs/BENCHMARKS.md)."""
+        if self.running == 1:
+            return self._prepare(slot, request, plan)
+        return await asyncio.to_thread(self._prepare, slot, request, plan)
+
     def _prepare(self, slot: ModelSlot, request: SlateRequest,
                  plan: bool) -> tuple[CandidateSet, ModelPlan | CannotPlan | None]:
-        """The candidates and, for the model path, its plan, in one trip to a
-        worker thread: each trip costs a hand-over each way (~0.1-0.3 ms on
-        a busy 2-core machine, more when another thread holds the GIL), on
-        the path of every slate."""
+        """Both in one place, so that a trip to the worker thread is one trip."""
         cset = self.resolve(request)
         if not plan:
             return cset, None
@@ -145,11 +157,13 @@ class Recommender:
         """
         slot = self.slot
         slot.active += 1
+        self.running += 1
         try:
             async for event in self._run(slot, request, arrived, deadline):
                 yield event
         finally:
             slot.active -= 1
+            self.running -= 1
 
     async def _run(self, slot: ModelSlot, request: SlateRequest, arrived: float,
                    deadline: float | None) -> AsyncIterator[Decision | SlateOutcome]:
@@ -159,7 +173,7 @@ class Recommender:
         reason = self._gate(request, slot) if wants_model else FallbackReason.NONE
         use_model = wants_model and reason is FallbackReason.NONE
         try:
-            cset, plan = await asyncio.to_thread(self._prepare, slot, request, use_model)
+            cset, plan = await self._prepared(slot, request, use_model)
         except BaseException:
             if use_model:  # the gate's model slot and circuit trial, not used
                 self.circuit.record_neutral()

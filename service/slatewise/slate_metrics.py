@@ -25,9 +25,11 @@ def slate_diversity(embeddings: np.ndarray, categories: Sequence[str],
     if k == 0:
         return SlateDiversity(0.0, 0.0, 0.0)
     if k > 1:
-        sims = embeddings @ embeddings.T
-        iu = np.triu_indices(k, 1)
-        ild = float(np.mean(1.0 - sims[iu]))
+        # The sum of pairwise cosines from two sums (|sum|^2 - sum of |x|^2,
+        # halved), not the k x k matrix: computed before every answer leaves.
+        total = embeddings.sum(axis=0, dtype=np.float64)
+        pairs = (float(total @ total) - float(np.einsum("ij,ij->", embeddings, embeddings, dtype=np.float64))) / 2
+        ild = 1.0 - pairs / (k * (k - 1) / 2)
     else:
         ild = 0.0
     counts = Counter(categories)

@@ -5,6 +5,7 @@ partial fill, fallback reasons, the circuit breaker and overload policy.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import Counter
 
@@ -221,3 +222,23 @@ async def test_the_hedge_waits_for_the_engine_to_have_the_request():
     out = await _run(rec, _req())
     assert out.strategy is Strategy.MODEL
     assert order == ["plan", "compose", "hedge"]
+
+
+async def test_a_lone_request_is_planned_on_the_loop_and_concurrent_ones_on_a_worker():
+    # A worker thread keeps the loop free for other requests' tokens while a
+    # query is encoded; alone, a request has nobody to hold up and skips the
+    # two thread hand-overs.
+    threads = []
+
+    def recording(request):
+        threads.append(threading.get_ident())
+        return _cset(request)
+
+    rec = _recommender(ScriptedComposer([3, 1, 4, 0], delay=0.01))
+    rec.resolve = recording
+    await _run(rec, _req())
+    assert threads == [threading.get_ident()]
+    threads.clear()
+    await asyncio.gather(_run(rec, _req()), _run(rec, _req()))
+    assert len(threads) == 2 and threading.get_ident() in threads and len(set(threads)) == 2
+    assert rec.running == 0
