@@ -166,16 +166,16 @@ async def timed_unary(client, request):
     return time.perf_counter() - t0, slate
 
 
-def lead_request(i: int, request, pool, trained=None):
-    """With --warm: the untimed request sent just before timed request i, of
-    its shape but its own (a query the encoder's cache has not seen)."""
-    if trained is not None:
-        return trained_request(40_000 + i, pool, *trained, prefix="lead", shape=SHAPES[i % len(SHAPES)])[1]
-    lead = type(request)()
-    lead.CopyFrom(request)
-    lead.context.query += " (lead)"
-    lead.request_id += "-lead"
-    return lead
+def fresh_request(i: int, request, pool, trained, tag: str, offset: int):
+    """Request i again, of its shape but its own (a query the encoder's
+    cache and the prefix cache have not seen): the streaming phase's, and
+    with --warm the untimed one sent just before timed request i."""
+    if trained is not None:  # offset even: the same shape as request i
+        return trained_request(offset + i, pool, *trained, prefix=tag)[1]
+    fresh = type(request)()
+    fresh.CopyFrom(request)
+    fresh.context.query += f" ({tag})"
+    return fresh
 
 
 async def main(rounds: int, server_args: list[str], model: str = "", catalogue: str = "",
@@ -219,15 +219,15 @@ async def main(rounds: int, server_args: list[str], model: str = "", catalogue: 
                 # an encoder run just before the timed one would find its
                 # weights in cache, as the server's (between other work) does not.
                 plans = [raw.plan(r) for r in reqs]
-                leads = [lead_request(i, r, pool, trained) for i, r in enumerate(reqs)] if warm else []
+                leads = [fresh_request(i, r, pool, trained, "lead", 40_000) for i, r in enumerate(reqs)] if warm else []
                 lead_plans = [raw.plan(r) for r in leads]
                 for i, (request, (plan, req)) in enumerate(zip(reqs, plans)):
                     shape = SHAPES[i % len(SHAPES)]
                     # Which system goes first alternates every second round,
                     # not every round as the shapes do: that gave every
                     # history-only request to the service first and every
-                    # query-only one to raw vLLM first (the one that goes
-                    # second finds the caches its rival just went through).
+                    # query-only one to raw vLLM first, and the one that goes
+                    # second runs just after its rival (docs/BENCHMARKS.md).
                     for which in ([0, 1] if (i // len(SHAPES)) % 2 == 0 else [1, 0]):
                         # Every timed request starts with both engines idle.
                         # The other engine's processes spin-wait for a second
@@ -235,8 +235,8 @@ async def main(rounds: int, server_args: list[str], model: str = "", catalogue: 
                         # share this one's cores (pinned alike). And a request
                         # that follows one on the same engine at once finds it
                         # still spinning, several ms faster than one after a
-                        # pause: waiting only at switches, with the order
-                        # alternating as the shapes do, gave the service every
+                        # pause: waiting only at switches (and the order then
+                        # alternating as the shapes did) gave the service every
                         # query-only request cold and raw vLLM every one warm
                         # (and history-only the other way round).
                         await asyncio.sleep(SPIN_WINDOW)
@@ -271,13 +271,7 @@ async def main(rounds: int, server_args: list[str], model: str = "", catalogue: 
         # Streaming, the service alone, on requests not seen before (their own query).
         async with AsyncSlateClient(server_on.target) as on:
             for i, request in enumerate(requests(pool, rounds, trained)):
-                if trained:
-                    fresh = trained_request(i + 10_000, pool, *trained, prefix="streamed")[1]
-                else:
-                    fresh = type(request)()
-                    fresh.CopyFrom(request)
-                    fresh.context.query += " (streamed)"
-                total, first, _ = await timed_stream(on, fresh)
+                total, first, _ = await timed_stream(on, fresh_request(i, request, pool, trained, "streamed", 10_000))
                 results["svc_first"].append(first / total)
         if model:  # no shared context to cache: the prompt is BOS, query, history, SEP
             raise _SkipPhase2
