@@ -214,7 +214,7 @@ class Recommender:
                         reason, tokens = item.reason, item.tokens
                         break
                     if item is None:
-                        tokens = len(decisions) + 1  # K handles + EOS
+                        tokens = len(decisions)  # one token per item; EOS is not generated
                         break
                     decisions.append(item)
                     yield item

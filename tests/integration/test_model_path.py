@@ -74,7 +74,7 @@ def _assert_valid(slate, request, allowed, cap, categories):
         assert max(Counter(categories[i] for i in ids).values()) <= cap
     assert slate.strategy == pb.STRATEGY_MODEL, pb.FallbackReason.Name(slate.fallback_reason)
     assert all(it.source == pb.ITEM_SOURCE_MODEL for it in slate.items)
-    assert slate.generated_tokens == request.k + 1
+    assert slate.generated_tokens == request.k
     assert slate.model_id
 
 

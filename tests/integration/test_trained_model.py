@@ -75,7 +75,7 @@ def _valid(slate, k: int, allowed=None, cap: int = 0) -> list[str]:
 def _model_written(slate, k: int) -> None:
     assert slate.strategy == pb.STRATEGY_MODEL, pb.FallbackReason.Name(slate.fallback_reason)
     assert all(it.source == pb.ITEM_SOURCE_MODEL for it in slate.items)
-    assert slate.generated_tokens == k + 1
+    assert slate.generated_tokens == k
 
 
 def test_query_only_and_history_only_requests_get_model_slates(trained_server, model_dir):

@@ -73,8 +73,8 @@ def test_history_keeps_the_newest_known_items_in_order():
     plan = _planner().plan(_cset(_req(history=["i1", "i2", "x", "i3", "i4"]), ["i5", "i6", "i7"]))
     assert plan.prompt_tokens == [BOS, 4 + 2, 4 + 3, 4 + 4, SEP]  # max_history 3
     short = _planner(_model(max_positions=7)).plan(_cset(_req(k=2, history=["i1", "i2", "i3"]), ["i5", "i6"]))
-    assert short.prompt_tokens == [BOS, 4 + 2, 4 + 3, SEP]  # 7 positions - BOS, SEP - K - EOS = 2
-    assert len(short.prompt_tokens) + short.spec.k + 1 <= 7
+    assert short.prompt_tokens == [BOS, 4 + 1, 4 + 2, 4 + 3, SEP]  # 7 positions - BOS, SEP - K = 3
+    assert len(short.prompt_tokens) + short.spec.k <= 7
 
 
 def test_query_is_a_soft_token_at_position_1():

@@ -102,7 +102,7 @@ async def test_model_slate():
     out = await _run(_recommender(ScriptedComposer([3, 1, 4, 0])), _req())
     assert out.strategy is Strategy.MODEL and out.reason is FallbackReason.NONE
     assert [d.candidate for d in out.decisions] == [3, 1, 4, 0]
-    assert out.generated_tokens == 5
+    assert out.generated_tokens == 4
 
 
 async def test_engine_error_after_two_items_keeps_them_and_fills_the_rest():

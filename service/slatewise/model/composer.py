@@ -120,7 +120,7 @@ class SlateComposer:
         ctx = (self._context(cset) if len(allowed) == len(cset)
                else self.prompts.context([cset.candidates[i] for i in allowed]))
         tokens = self.prompts.prompt_tokens(ctx, request, history)
-        while len(tokens) + request.k + 1 > self.settings.max_model_len:
+        while len(tokens) + request.k > self.settings.max_model_len:
             keep = len(allowed) // 2
             by_score = sorted(allowed, key=lambda i: -float(cset.scores[i]))[:keep]
             allowed = sorted(by_score)

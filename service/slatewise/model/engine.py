@@ -391,15 +391,20 @@ class Engine:
 
     @staticmethod
     def sampling_params(spec: SlateSpec, temperature: float = 0.0, seed: int | None = None):
-        """One slate's sampling parameters: K handles and EOS, the slate spec
-        for the logits processor, token ids only, streamed as deltas."""
+        """One slate's sampling parameters: K handles, the slate spec for the
+        logits processor, token ids only, streamed as deltas.
+
+        The request ends on its K-th token: the EOS the slate automaton allows
+        after it carries no information, and generating it cost one more
+        engine step (a tenth of a trained model's K=10 slate) before the
+        caller got the slate."""
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
 
         return SamplingParams(
             temperature=temperature,
             seed=seed,
-            max_tokens=spec.k + 1,
+            max_tokens=spec.k,
             extra_args=spec.to_extra_args(),
             output_kind=RequestOutputKind.DELTA,
             detokenize=False,

@@ -2,7 +2,7 @@
 
 Each candidate is listed and answered as a handle like " QX" that the model's
 tokenizer encodes as exactly one token (with its leading space), so a slate of
-K items costs K tokens plus EOS and every item is complete the moment its one
+K items costs K tokens and every item is complete the moment its one
 token is sampled. SmolLM2's tokenizer has 375 such two-capital handles.
 """
 

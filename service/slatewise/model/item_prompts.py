@@ -162,7 +162,7 @@ class ItemPromptPlanner:
         # A query embedding the projection cannot read (another embedding
         # model; warned at start) is left out: the prompt is then history-only.
         with_query = cset.query_vector is not None and len(cset.query_vector) == self.model.query_weight.shape[1]
-        tokens = self.prompt(request.history_ids, with_query, room=k + 1)
+        tokens = self.prompt(request.history_ids, with_query, room=k)
         embeds = None
         if with_query:
             embeds = self.model.embed_tokens[tokens].copy()
