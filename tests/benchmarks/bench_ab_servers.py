@@ -1,0 +1,86 @@
+"""Before / after, side by side: two servers from two checkouts, one run.
+
+    git worktree add --detach /tmp/before <rev>
+    python tests/benchmarks/bench_ab_servers.py --before /tmp/before --model DIR --catalogue CAT [--rounds 20]
+
+A change to the service is judged against the code before it on the same
+machine at the same time: run one after the other, the same code differed by
+up to 0.07 in service / raw between runs on these shared machines. Both
+servers serve the same trained model; each round sends --block requests to
+one server, then --block of the same shapes to the other (which goes first
+alternates by round), each block after vLLM's spin-wait pause, so a server
+is never timed while the other's engine still spins. --after defaults to
+this checkout. Reported per request shape: p50 of each, after / before.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+
+from bench_model_path import SPIN_WINDOW, catalogue_ids, shared_pool, trained_request
+from common import REPO, machine, median, start_server, stop_server, table
+
+
+async def main(args) -> None:
+    from slatewise_client import AsyncSlateClient
+    from slatewise_client.pb import slate_pb2 as pb
+
+    print(f"# before: {args.before}, after: {args.after}; trained model {args.model}, "
+          f"{args.rounds} rounds of {args.block} requests per server")
+    print(f"# machine: {machine(trained=True)}")
+    ids, pool = catalogue_ids(args.catalogue), shared_pool(path=args.catalogue)
+    sides = {"before": Path(args.before), "after": Path(args.after)}
+    tmp = Path(tempfile.mkdtemp(prefix="slatewise-ab-"))
+    servers, times = {}, {side: {} for side in sides}
+    strategies = {side: set() for side in sides}
+    try:
+        for side, checkout in sides.items():
+            servers[side] = start_server(tmp, "--model", args.model, "--catalogue-path", args.catalogue,
+                                         env={"PYTHONPATH": str(checkout / "service")},
+                                         wait_for="slatewise.v1.Model", timeout=600)
+        clients = {side: AsyncSlateClient(s.target) for side, s in servers.items()}
+        for side, client in clients.items():
+            await client.__aenter__()
+            for i in range(8):  # warm-up: engine, encoder, first-call paths
+                await client.recommend(request=trained_request(i, pool, ids, args.history, prefix=f"w-{side}")[1],
+                                       deadline=120)
+        for r in range(args.rounds):
+            order = list(sides) if r % 2 == 0 else list(sides)[::-1]
+            for side in order:
+                await asyncio.sleep(SPIN_WINDOW)
+                for j in range(args.block):
+                    shape, request = trained_request(1000 + r * args.block + j, pool, ids, args.history,
+                                                     prefix=f"ab{r}-{side}")
+                    t0 = time.perf_counter()
+                    slate = await clients[side].recommend(request=request, deadline=120)
+                    times[side].setdefault(shape, []).append(time.perf_counter() - t0)
+                    strategies[side].add(pb.Strategy.Name(slate.strategy))
+            if (r + 1) % 5 == 0 or r + 1 == args.rounds:
+                print(f"# round {r + 1}/{args.rounds}", flush=True)
+        for client in clients.values():
+            await client.__aexit__(None, None, None)
+    finally:
+        for server in servers.values():
+            stop_server(server)
+    rows = []
+    for shape in sorted(times["after"]):
+        before, after = median(times["before"][shape]), median(times["after"][shape])
+        rows.append([shape, len(times["after"][shape]), before * 1000, after * 1000, after / before])
+    print(table(["request shape", "requests per server", "before p50 ms", "after p50 ms", "after / before"], rows))
+    print(f"strategies: before {sorted(strategies['before'])}, after {sorted(strategies['after'])}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--before", required=True, metavar="CHECKOUT", help="a checkout of the code before")
+    parser.add_argument("--after", default=str(REPO), metavar="CHECKOUT", help="default: this checkout")
+    parser.add_argument("--model", required=True, metavar="DIR", help="a model directory written by `slatewise train`")
+    parser.add_argument("--catalogue", required=True, metavar="CAT")
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--block", type=int, default=8, help="requests per server per round")
+    parser.add_argument("--history", type=int, default=10, help="history items per history-only request")
+    asyncio.run(main(parser.parse_args()))
