@@ -10,7 +10,9 @@ servers serve the same trained model; each round sends --block requests to
 one server, then --block of the same shapes to the other (which goes first
 alternates by round), each block after vLLM's spin-wait pause, so a server
 is never timed while the other's engine still spins. --after defaults to
-this checkout. Reported per request shape: p50 of each, after / before.
+this checkout. Reported per request shape: p50 of each, after / before; and
+the strategies and generated-token counts each side returned, which show
+which code each server ran.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ async def main(args) -> None:
                     t0 = time.perf_counter()
                     slate = await clients[side].recommend(request=request, deadline=120)
                     times[side].setdefault(shape, []).append(time.perf_counter() - t0)
-                    strategies[side].add(pb.Strategy.Name(slate.strategy))
+                    strategies[side].add((pb.Strategy.Name(slate.strategy), slate.generated_tokens))
             if (r + 1) % 5 == 0 or r + 1 == args.rounds:
                 print(f"# round {r + 1}/{args.rounds}", flush=True)
         for client in clients.values():
@@ -71,7 +73,8 @@ async def main(args) -> None:
         before, after = median(times["before"][shape]), median(times["after"][shape])
         rows.append([shape, len(times["after"][shape]), before * 1000, after * 1000, after / before])
     print(table(["request shape", "requests per server", "before p50 ms", "after p50 ms", "after / before"], rows))
-    print(f"strategies: before {sorted(strategies['before'])}, after {sorted(strategies['after'])}")
+    print(f"(strategy, generated tokens) seen: before {sorted(strategies['before'])}, "
+          f"after {sorted(strategies['after'])}")
 
 
 if __name__ == "__main__":
