@@ -140,13 +140,13 @@ class SlateComposer:
     # ---- running -----------------------------------------------------------
     async def compose(self, plan: ModelPlan, *, request_id: str, temperature: float,
                       seed: int | None, allow_warming: bool = False) -> AsyncIterator[int]:
-        """Yield candidate-set indices in slate order as the engine commits them."""
-        eos = plan.spec.eos_token_id
+        """Yield candidate-set indices in slate order as the engine commits them.
+
+        Every token is a handle: the request ends on its K-th
+        (Engine.sampling_params), before the EOS the automaton would allow."""
         engine_id = f"{request_id}-{next(_request_ids)}"
         async for token in self.engine.stream(
             plan.prompt_tokens, plan.spec, prompt_embeds=plan.prompt_embeds, request_id=engine_id,
             temperature=temperature, seed=seed, allow_warming=allow_warming,
         ):
-            if token == eos:
-                return
             yield plan.token_to_candidate[token]
