@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import tempfile
-import time
 from pathlib import Path
 
-from bench_model_path import SPIN_WINDOW, catalogue_ids, shared_pool, trained_request
+from bench_model_path import SPIN_WINDOW, catalogue_ids, shared_pool, timed_unary, trained_request
 from common import REPO, machine, median, start_server, stop_server, table
 
 
@@ -44,27 +44,24 @@ async def main(args) -> None:
             servers[side] = start_server(tmp, "--model", args.model, "--catalogue-path", args.catalogue,
                                          env={"PYTHONPATH": str(checkout / "service")},
                                          wait_for="slatewise.v1.Model", timeout=600)
-        clients = {side: AsyncSlateClient(s.target) for side, s in servers.items()}
-        for side, client in clients.items():
-            await client.__aenter__()
-            for i in range(8):  # warm-up: engine, encoder, first-call paths
-                await client.recommend(request=trained_request(i, pool, ids, args.history, prefix=f"w-{side}")[1],
-                                       deadline=120)
-        for r in range(args.rounds):
-            order = list(sides) if r % 2 == 0 else list(sides)[::-1]
-            for side in order:
-                await asyncio.sleep(SPIN_WINDOW)
-                for j in range(args.block):
-                    shape, request = trained_request(1000 + r * args.block + j, pool, ids, args.history,
-                                                     prefix=f"ab{r}-{side}")
-                    t0 = time.perf_counter()
-                    slate = await clients[side].recommend(request=request, deadline=120)
-                    times[side].setdefault(shape, []).append(time.perf_counter() - t0)
-                    strategies[side].add((pb.Strategy.Name(slate.strategy), slate.generated_tokens))
-            if (r + 1) % 5 == 0 or r + 1 == args.rounds:
-                print(f"# round {r + 1}/{args.rounds}", flush=True)
-        for client in clients.values():
-            await client.__aexit__(None, None, None)
+        async with contextlib.AsyncExitStack() as stack:
+            clients = {side: await stack.enter_async_context(AsyncSlateClient(s.target))
+                       for side, s in servers.items()}
+            for side, client in clients.items():
+                for i in range(8):  # warm-up: engine, encoder, first-call paths
+                    await timed_unary(client, trained_request(i, pool, ids, args.history, prefix=f"w-{side}")[1])
+            for r in range(args.rounds):
+                order = list(sides) if r % 2 == 0 else list(sides)[::-1]
+                for side in order:
+                    await asyncio.sleep(SPIN_WINDOW)
+                    for j in range(args.block):
+                        shape, request = trained_request(1000 + r * args.block + j, pool, ids, args.history,
+                                                         prefix=f"ab{r}-{side}")
+                        total, slate = await timed_unary(clients[side], request)
+                        times[side].setdefault(shape, []).append(total)
+                        strategies[side].add((pb.Strategy.Name(slate.strategy), slate.generated_tokens))
+                if (r + 1) % 5 == 0 or r + 1 == args.rounds:
+                    print(f"# round {r + 1}/{args.rounds}", flush=True)
     finally:
         for server in servers.values():
             stop_server(server)

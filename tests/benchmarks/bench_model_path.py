@@ -134,6 +134,13 @@ class RawEngine:
         plan.prompt_embeds[1] = self.composer.items.model.project_query(vector)
         return time.perf_counter() - t0
 
+    async def run_model(self, plan, request, request_id):
+        """Raw model: the query's soft token first when the prompt has one,
+        which raw vLLM cannot compute (as it tokenizes a text prompt inside
+        generate), then generate. Returns (encode s, total s, first s, tokens)."""
+        encode = self.soft_token(plan, request) if plan.prompt_embeds is not None else 0.0
+        return (encode, *await self.generate(plan, request_id))
+
     async def generate(self, plan, request_id):
         from slatewise.model.engine import Engine
 
@@ -243,10 +250,7 @@ async def main(rounds: int, server_args: list[str], model: str = "", catalogue: 
                         if warm and which == 0:
                             await timed_unary(on, leads[i])
                         elif warm:
-                            lead_plan, lead_req = lead_plans[i]
-                            if lead_plan.prompt_embeds is not None:
-                                raw.soft_token(lead_plan, lead_req)
-                            await raw.generate(lead_plan, f"lead-{i}")
+                            await raw.run_model(*lead_plans[i], f"lead-{i}")
                         if which == 0:
                             total, slate = await timed_unary(on, request)
                             assert slate.strategy == 2, slate  # STRATEGY_MODEL
@@ -254,11 +258,7 @@ async def main(rounds: int, server_args: list[str], model: str = "", catalogue: 
                             by_shape["svc", shape].append(total)
                             results["tokens"].append(slate.generated_tokens / K)
                         else:
-                            # The model's input first, when it has a query: its
-                            # soft token, which raw vLLM cannot compute (as it
-                            # tokenizes a text prompt inside generate).
-                            encode = raw.soft_token(plan, req) if plan.prompt_embeds is not None else 0.0
-                            total, first, n = await raw.generate(plan, f"raw-{i}")
+                            encode, total, first, n = await raw.run_model(plan, req, f"raw-{i}")
                             results["encode"].append(encode)
                             results["raw"].append(total)
                             results["raw_enc"].append(total + encode)
