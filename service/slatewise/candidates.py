@@ -138,11 +138,12 @@ def resolve(request: SlateRequest, snapshot: CatalogueSnapshot, embedder: Embedd
     else:
         cands = tuple(c for c in request.candidates if c.id not in request.exclude_ids)
         embs = _candidate_embeddings(cands, snapshot, embedder)
-        scores = np.array(
-            [c.upstream_score if c.upstream_score is not None else float(e @ ctx)
-             for c, e in zip(cands, embs)],
-            dtype=np.float32,
-        ).reshape(len(cands))
+        # One product for all rows, then the caller's scores over it: a
+        # product per candidate cost ~0.1 ms of 50-candidate requests.
+        scores = (embs @ ctx).astype(np.float32)
+        for i, c in enumerate(cands):
+            if c.upstream_score is not None:
+                scores[i] = c.upstream_score
         retrieved = False
     categories = [c.category for c in cands]
     cat_idx, caps = _cat_caps(request, categories)
@@ -164,14 +165,14 @@ def resolve(request: SlateRequest, snapshot: CatalogueSnapshot, embedder: Embedd
 
 
 def _candidate_embeddings(cands, snapshot: CatalogueSnapshot, embedder: Embedder) -> np.ndarray:
-    out = np.zeros((len(cands), embedder.dim), dtype=np.float32)
     inline = [(i, c) for i, c in enumerate(cands) if c.catalogue_index is None]
-    for i, c in enumerate(cands):
-        if c.catalogue_index is not None:
-            out[i] = snapshot.embeddings[c.catalogue_index]
-    if inline:
-        # Inline items are the caller's, not ours to keep: cached in memory only.
-        vecs = embedder.encode_inline([item_text(c.title, c.category, dict(c.attributes)) for _, c in inline])
-        for (i, _), v in zip(inline, vecs):
-            out[i] = v
+    if not inline:  # catalogue items only: one gather
+        return snapshot.embeddings[[c.catalogue_index for c in cands]].astype(np.float32, copy=False)
+    out = np.zeros((len(cands), embedder.dim), dtype=np.float32)
+    known = [i for i, c in enumerate(cands) if c.catalogue_index is not None]
+    if known:
+        out[known] = snapshot.embeddings[[cands[i].catalogue_index for i in known]]
+    # Inline items are the caller's, not ours to keep: cached in memory only.
+    vecs = embedder.encode_inline([item_text(c.title, c.category, dict(c.attributes)) for _, c in inline])
+    out[[i for i, _ in inline]] = vecs
     return out
