@@ -123,6 +123,23 @@ def scrape(metrics_url: str) -> dict[str, float]:
     return out
 
 
+def scrape_when(metrics_url: str, ready, timeout: float = 10.0) -> dict[str, float]:
+    """/metrics once ``ready(metrics)`` holds (or the last scrape after
+    ``timeout``): a slate's metrics are exported once its RPC has ended, a
+    moment after the caller has the answer (SlateService._after_answer)."""
+    end = time.monotonic() + timeout
+    while True:
+        metrics = scrape(metrics_url)
+        if ready(metrics) or time.monotonic() > end:
+            return metrics
+        time.sleep(0.05)
+
+
+def slates_observed(metrics: dict[str, float]) -> float:
+    """Slates whose metrics have been exported, over every strategy."""
+    return sum(v for k, v in metrics.items() if k.startswith("slatewise_request_duration_seconds_count"))
+
+
 LAG = "slatewise_event_loop_lag_seconds"
 
 

@@ -325,21 +325,26 @@ class Recommender:
             strategy = Strategy.FALLBACK
         diversity = cset.diversity_of([d.candidate for d in decisions])
         total = time.monotonic() - arrived
-        first = decisions[0].at if decisions else total
-        label = strategy.value
-        self.metrics.observe_slate(label, diversity, total, first)
-        if reason is not FallbackReason.NONE:
-            self.metrics.fallbacks.labels(reason.value).inc()
-        if tokens:
-            self.metrics.model_tokens.observe(tokens)
-        model_id = slot.engine.model_id if model_items else ""
-        if model_id:
-            self.metrics.model_slates.labels(model_id).inc()
         return SlateOutcome(
             cset=cset, decisions=tuple(decisions), strategy=strategy, reason=reason,
-            diversity=diversity, time_to_first_item=first, total=total,
-            model_id=model_id, generated_tokens=tokens,
+            diversity=diversity, time_to_first_item=decisions[0].at if decisions else total, total=total,
+            model_id=slot.engine.model_id if model_items else "", generated_tokens=tokens,
         )
+
+    def record(self, outcome: SlateOutcome) -> None:
+        """Export a served slate's metrics. Nothing here changes the answer,
+        so the servicer calls it once the answer has left (SlateService):
+        on these machines code that has sat idle for a second runs several
+        times slower than warm, and this ran at 0.05-0.1 ms on every
+        slate's way out."""
+        m = self.metrics
+        m.observe_slate(outcome.strategy.value, outcome.diversity, outcome.total, outcome.time_to_first_item)
+        if outcome.reason is not FallbackReason.NONE:
+            m.fallbacks.labels(outcome.reason.value).inc()
+        if outcome.generated_tokens:
+            m.model_tokens.observe(outcome.generated_tokens)
+        if outcome.model_id:
+            m.model_slates.labels(outcome.model_id).inc()
 
     async def model_slate(self, slot: ModelSlot, cset: CandidateSet, request_id: str) -> tuple[ModelPlan, list[int]]:
         """The slate ``slot``'s model writes for ``cset`` alone, without

@@ -6,7 +6,7 @@ import grpc
 import pytest
 
 from conftest import start_server, stop_server
-from fault_scenarios import scrape
+from fault_scenarios import scrape, scrape_when, slates_observed
 from slatewise_client import SlateClient
 
 
@@ -23,8 +23,9 @@ def test_model_server_metrics_move(model_server):
         list(client.recommend_stream("winter hiking", k=3, strategy="model"))
         client.recommend("casual outfit", k=4, strategy="pointwise")
         # A deadline shorter than the first item forces a deadline fallback.
-        forced = None
+        forced, sent = None, 3
         for _ in range(5):
+            sent += 1
             try:
                 forced = client.recommend("a business trip to a cold city", k=10, strategy="model",
                                           deadline=0.09)
@@ -32,7 +33,7 @@ def test_model_server_metrics_move(model_server):
                 pytest.fail(f"deadline not honoured: {err.code()}")
             if forced.fallback_reason:
                 break
-    after = scrape(model_server.metrics_url)
+    after = scrape_when(model_server.metrics_url, lambda m: slates_observed(m) - slates_observed(before) >= sent)
 
     def moved(name, **labels):
         return _get(after, name, **labels) - _get(before, name, **labels)

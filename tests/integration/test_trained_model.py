@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import urllib.request
 from collections import Counter
 
 import pytest
 
 from conftest import REPO, start_server, stop_server
-from fault_scenarios import kill_engine_core, wait_health
+from fault_scenarios import kill_engine_core, scrape_when, wait_health
 from slatewise.catalogue.loader import embedded_catalogue_path, load_jsonl
 from slatewise.training.manifest import detect
 from slatewise_client import SlateClient, build_request
@@ -194,8 +193,8 @@ def test_candidates_the_model_does_not_know(trained_server):
         assert slate.strategy == pb.STRATEGY_FALLBACK
         assert slate.fallback_reason == pb.FALLBACK_REASON_UNKNOWN_CANDIDATES
         assert slate.model_id == ""
-    metrics = urllib.request.urlopen(trained_server.metrics_url, timeout=10).read().decode()
-    assert 'slatewise_fallbacks_total{reason="unknown_candidates"} 2.0' in metrics
+    key = 'slatewise_fallbacks_total{reason="unknown_candidates"}'
+    assert scrape_when(trained_server.metrics_url, lambda m: m.get(key) == 2.0).get(key) == 2.0
 
 
 def test_engine_death_is_served_pointwise(trained_server):

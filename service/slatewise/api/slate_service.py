@@ -57,9 +57,9 @@ class SlateService(pb_grpc.SlateServiceServicer):
                         position += 1
                     else:
                         strategy = event.strategy.value
-                        if self.feedback is not None:
+                        if self.feedback is not None:  # durable before the caller can report on it
                             await self.feedback.record_slate(served(req, event))
-                        self._log(req.request_id, method, event, context.time_remaining())
+                        self._after_answer(context, req.request_id, method, event)
                         yield "slate", event, req
             except InvalidRequest as exc:
                 code = grpc.StatusCode.INVALID_ARGUMENT
@@ -77,6 +77,23 @@ class SlateService(pb_grpc.SlateServiceServicer):
             self.admission.release()
             self.metrics.inflight.dec()
             self.metrics.requests.labels(method, strategy, code.name).inc()
+
+    def _after_answer(self, context, request_id: str, method: str, outcome: SlateOutcome) -> None:
+        """The slate's metrics and its log line, once the RPC has ended.
+
+        Neither changes the answer, and the caller should not wait for
+        them: code that has sat idle runs several times slower than warm on
+        these machines (a log line took 0.25-0.3 ms a second after the last
+        one, 0.02 ms in a loop), and this work ran on every slate's way out.
+        gRPC runs done-callbacks when the RPC ends, answer sent or not, so
+        nothing is skipped for a caller who went away."""
+        remaining = context.time_remaining()  # the deadline left as the slate leaves us
+
+        def done(_context) -> None:
+            self.recommender.record(outcome)
+            self._log(request_id, method, outcome, remaining)
+
+        context.add_done_callback(done)
 
     def _log(self, request_id: str, method: str, outcome: SlateOutcome, remaining: float | None) -> None:
         extra = {
