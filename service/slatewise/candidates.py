@@ -19,7 +19,7 @@ from slatewise.domain import Candidate, SlateRequest
 from slatewise.embeddings import Embedder
 from slatewise.errors import InvalidRequest
 from slatewise.pointwise.select import Limits
-from slatewise.slate_metrics import SlateDiversity, slate_diversity
+from slatewise.slate_metrics import DiversityTally, SlateDiversity, slate_diversity
 
 HISTORY_WEIGHT = 0.5
 
@@ -53,6 +53,10 @@ class CandidateSet:
         """Diversity metrics of a slate given as candidate indices."""
         return slate_diversity(self.embeddings[indices], [self.candidates[i].category for i in indices],
                                self.available_categories)
+
+    def tally(self) -> DiversityTally:
+        """diversity_of, kept up as a slate's items arrive (``add`` an index)."""
+        return DiversityTally(self.embeddings, lambda i: self.candidates[i].category, self.available_categories)
 
     def compare(self, ours: list[int], theirs: list[int]) -> SlateComparison:
         """Two slates for this request (the model's and pointwise, or a

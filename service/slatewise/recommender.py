@@ -182,6 +182,7 @@ class Recommender:
         if wants_model:
             self.recent.append(request)
         decisions: list[Decision] = []
+        tally = cset.tally()  # the outcome's diversity, kept up as items arrive
         tokens = 0
         hedge = producer = None
 
@@ -204,12 +205,19 @@ class Recommender:
                 while True:
                     # The caller's budget is watched here, not only in the
                     # producer: its clean-up (aborting the engine request)
-                    # must not delay the answer.
-                    try:
-                        item = await asyncio.wait_for(queue.get(), max(0.0, budget_end - loop.time()))
-                    except TimeoutError:
-                        item = queue.get_nowait() if not queue.empty() else \
-                            _ModelStopped(FallbackReason.DEADLINE, len(decisions))
+                    # must not delay the answer. What is queued already is
+                    # taken as it is (so it was with the wait, timed out or
+                    # not): the wait wraps each get in a task of its own, a
+                    # turn of the loop or two between the slate's last item
+                    # and the producer's end, which it has queued by then.
+                    if not queue.empty():
+                        item = queue.get_nowait()
+                    else:
+                        try:
+                            item = await asyncio.wait_for(queue.get(), max(0.0, budget_end - loop.time()))
+                        except TimeoutError:
+                            item = queue.get_nowait() if not queue.empty() else \
+                                _ModelStopped(FallbackReason.DEADLINE, len(decisions))
                     if isinstance(item, _ModelStopped):
                         reason, tokens = item.reason, item.tokens
                         break
@@ -217,6 +225,7 @@ class Recommender:
                         tokens = len(decisions)  # one token per item; EOS is not generated
                         break
                     decisions.append(item)
+                    tally.add(item.candidate)
                     yield item
                 if len(decisions) == request.k and random.random() < self.settings.shadow_rate:
                     start_hedge()
@@ -229,13 +238,14 @@ class Recommender:
                 for index in fill[len(picked):]:
                     decision = _decide(cset, index, Source.FALLBACK, arrived)
                     decisions.append(decision)
+                    tally.add(index)
                     yield decision
         finally:
             # A caller who cancels must not leave a request in the engine.
             for task in (producer, hedge):
                 if task is not None:
                     task.cancel()
-        yield self._outcome(slot, cset, decisions, request, reason, arrived, tokens)
+        yield self._outcome(slot, cset, decisions, tally.result(), request, reason, arrived, tokens)
 
     def _shadow(self, cset: CandidateSet, decisions: list[Decision], pointwise: list[int]) -> None:
         """What the model bought over the pointwise slate for this very request."""
@@ -312,8 +322,8 @@ class Recommender:
         finally:
             self.model_slots.release()
 
-    def _outcome(self, slot: ModelSlot, cset: CandidateSet, decisions: list[Decision], request: SlateRequest,
-                 reason: FallbackReason, arrived: float, tokens: int) -> SlateOutcome:
+    def _outcome(self, slot: ModelSlot, cset: CandidateSet, decisions: list[Decision], diversity: SlateDiversity,
+                 request: SlateRequest, reason: FallbackReason, arrived: float, tokens: int) -> SlateOutcome:
         model_items = sum(d.source is Source.MODEL for d in decisions)
         if model_items == len(decisions):
             strategy = Strategy.MODEL
@@ -323,7 +333,6 @@ class Recommender:
             strategy = Strategy.POINTWISE
         else:
             strategy = Strategy.FALLBACK
-        diversity = cset.diversity_of([d.candidate for d in decisions])
         total = time.monotonic() - arrived
         return SlateOutcome(
             cset=cset, decisions=tuple(decisions), strategy=strategy, reason=reason,

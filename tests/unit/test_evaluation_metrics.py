@@ -355,3 +355,27 @@ def test_model_rows_are_labelled_by_the_responses_model_id():
 def test_plot_is_a_png(tmp_path):
     path = write_plot(_report(), tmp_path / "sub" / "plot.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, 7])
+def test_diversity_tally_matches_the_whole_slate(k):
+    """The served slate's diversity, kept up item by item while the slate is
+    written, is the one computed from the finished slate."""
+    from slatewise.slate_metrics import DiversityTally, slate_diversity
+
+    rng = np.random.default_rng(k)
+    emb = rng.normal(size=(9, 16)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    cats = ["tops", "shoes", "tops", "bags", "tops", "shoes", "hats", "tops", "bags"]
+    picked = rng.permutation(9)[:k].tolist()
+    tally = DiversityTally(emb, cats.__getitem__, available_categories=4)
+    for i in picked:
+        tally.add(i)
+    whole = slate_diversity(emb[picked], [cats[i] for i in picked], 4)
+    got = tally.result()
+    assert got.intra_list_diversity == pytest.approx(whole.intra_list_diversity, abs=1e-9)
+    assert (got.category_coverage, got.redundancy) == (whole.category_coverage, whole.redundancy)
+    if k > 1:  # and both are the mean pairwise 1 - cosine
+        sims = emb[picked] @ emb[picked].T
+        pairs = [1 - sims[a, b] for a in range(k) for b in range(a + 1, k)]
+        assert got.intra_list_diversity == pytest.approx(float(np.mean(pairs)), abs=1e-5)
