@@ -27,11 +27,15 @@ def slate_item(decision: Decision, position: int) -> pb.SlateItem:
     )
 
 
-def slate(outcome: SlateOutcome, request: SlateRequest) -> pb.Slate:
+def slate(outcome: SlateOutcome, request: SlateRequest, items: list[pb.SlateItem] | None = None) -> pb.Slate:
+    """``items``: the decisions already converted, in order (as they were
+    streamed); the rest are converted here."""
+    items = list(items or ())
+    items += [slate_item(d, i) for i, d in enumerate(outcome.decisions[len(items):], len(items))]
     return pb.Slate(
         request_id=request.request_id,
         slate_id=request.slate_id,
-        items=[slate_item(d, i) for i, d in enumerate(outcome.decisions)],
+        items=items,
         strategy=STRATEGY[outcome.strategy],
         fallback_reason=REASON[outcome.reason],
         diversity=pb.DiversityMetrics(

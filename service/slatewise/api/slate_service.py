@@ -110,18 +110,25 @@ class SlateService(pb_grpc.SlateServiceServicer):
         # Closed before the answer leaves: the request's bookkeeping (in-flight
         # count, request metrics) is done by then, not whenever the abandoned
         # generator happens to be finalized.
+        # Each item is converted as it is decided, while the engine writes
+        # the next; after the last one only the slate around them is left.
+        items = []
         async with contextlib.aclosing(self._events(request, context, "Recommend")) as events:
             async for kind, event, extra in events:
-                if kind == "slate":
-                    return convert.slate(event, extra)
+                if kind == "item":
+                    items.append(convert.slate_item(event, extra))
+                else:
+                    return convert.slate(event, extra, items)
         raise AssertionError("the recommender always ends with an outcome")  # pragma: no cover
 
     async def RecommendStream(self, request, context):
+        items = []
         async for kind, event, extra in self._events(request, context, "RecommendStream"):
             if kind == "item":
-                yield pb.SlateEvent(item=convert.slate_item(event, extra))
+                items.append(convert.slate_item(event, extra))
+                yield pb.SlateEvent(item=items[-1])
             else:
-                yield pb.SlateEvent(slate=convert.slate(event, extra))
+                yield pb.SlateEvent(slate=convert.slate(event, extra, items))
 
 
 def served(req, outcome: SlateOutcome) -> ServedSlate:
