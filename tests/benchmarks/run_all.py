@@ -18,6 +18,7 @@ SCRIPTS = [
     ["bench_throughput.py", "--catalogue-items", "100000"],
     ["bench_throughput.py", "--context", "pool50"],
     ["bench_pointwise.py"],
+    ["bench_idle_cost.py"],
     ["reliability.py"],
 ]
 
