@@ -245,7 +245,7 @@ class Recommender:
             for task in (producer, hedge):
                 if task is not None:
                     task.cancel()
-        yield self._outcome(slot, cset, decisions, tally.result(), request, reason, arrived, tokens)
+        yield self._outcome(slot, cset, decisions, tally.result(), reason, arrived, tokens)
 
     def _shadow(self, cset: CandidateSet, decisions: list[Decision], pointwise: list[int]) -> None:
         """What the model bought over the pointwise slate for this very request."""
@@ -323,7 +323,7 @@ class Recommender:
             self.model_slots.release()
 
     def _outcome(self, slot: ModelSlot, cset: CandidateSet, decisions: list[Decision], diversity: SlateDiversity,
-                 request: SlateRequest, reason: FallbackReason, arrived: float, tokens: int) -> SlateOutcome:
+                 reason: FallbackReason, arrived: float, tokens: int) -> SlateOutcome:
         model_items = sum(d.source is Source.MODEL for d in decisions)
         if model_items == len(decisions):
             strategy = Strategy.MODEL
