@@ -277,7 +277,8 @@ class Recommender:
                 queue.put_nowait(_ModelStopped(plan.reason, 0))
                 return
             # Runs as soon as compose() below first waits: by then the
-            # request has been handed to the engine's thread.
+            # request has been handed to the engine's thread, or (frontend
+            # on this loop) its set-up is queued ahead of the hedge's start.
             asyncio.get_running_loop().call_soon(submitted)
             try:
                 async with asyncio.timeout_at(budget_end):

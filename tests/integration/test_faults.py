@@ -21,11 +21,14 @@ pytestmark = pytest.mark.model
 MODEL = "slatewise.v1.Model"
 
 
-@pytest.fixture(scope="module")
-def fault_server(tmp_path_factory):
+@pytest.fixture(scope="module", params=["thread", "server-loop"])
+def fault_server(request, tmp_path_factory):
+    """Once with vLLM's frontend on a thread of its own (a text model's
+    default) and once on the server's loop (a trained model's): every fault
+    must be survived either way (``engine_frontend``)."""
     server = start_server(tmp_path_factory.mktemp("faults"), "--max-model-inflight", "3",
                           "--engine-health-interval-seconds", "1", "--shutdown-grace-seconds", "20",
-                          wait_for=MODEL, timeout=400)
+                          "--engine-frontend", request.param, wait_for=MODEL, timeout=400)
     yield server
     stop_server(server)
 

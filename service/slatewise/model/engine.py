@@ -6,15 +6,20 @@ A model trained by ``slatewise train`` (a directory with a manifest) is
 served without a text tokenizer and with prompt embeddings enabled (its
 query is a soft token).
 
-vLLM's frontend lives on its own thread with its own event loop
-(``slatewise-engine``): request set-up (SamplingParams validation, input
+For a text model, vLLM's frontend lives on its own thread with its own event
+loop (``slatewise-engine``): request set-up (SamplingParams validation, input
 processing, sending to the engine core), the output handler that turns engine
 core outputs into RequestOutputs, aborts and health checks all run there. The
 server's loop, which answers callers and watches their deadlines, only
 receives committed tokens through a queue. Before, these shared one loop, and
 a burst of vLLM output processing or a request's set-up (up to 26 ms in one
 callback, profiled under the deadline scenario) delayed the deadline watch
-and the pointwise fill behind it. The engine is built on a worker thread too
+and the pointwise fill behind it. A trained model's prompt is at most ~23
+token ids or embeddings, whose set-up is short; there the thread cost more
+than it saved: each slate paid two hand-overs between threads (the request
+in, the last token out), each a wake-up of a sleeping thread and a wait for
+the GIL, and the frontend runs on the server's loop (``engine_frontend``,
+docs/BENCHMARKS.md). The engine is built on a worker thread either way
 (vLLM's start-up blocks for tens of seconds) so the gRPC server keeps
 answering health checks, NOT_SERVING, while the model loads.
 """
@@ -128,9 +133,18 @@ class Engine:
             return self.trained.model_id
         return self.settings.model_id
 
-    # ---- the engine's own loop -----------------------------------------------
+    # ---- the frontend's loop -------------------------------------------------
+    @property
+    def own_thread(self) -> bool:
+        """Whether vLLM's frontend runs on a thread of its own (module docstring)."""
+        mode = self.settings.engine_frontend
+        return mode == "thread" or (mode == "auto" and self.trained is None)
+
     def _engine_loop(self) -> asyncio.AbstractEventLoop:
-        """The loop vLLM's frontend runs on, started on first use."""
+        """The loop vLLM's frontend runs on: its own, started on first use,
+        or the loop that started the engine."""
+        if self._loop is None and not self.own_thread:
+            self._loop = asyncio.get_running_loop()
         if self._loop is None:
             loop = asyncio.new_event_loop()
             self._thread = threading.Thread(target=loop.run_forever, name="slatewise-engine", daemon=True)
@@ -144,8 +158,11 @@ class Engine:
             bridge = self._bridges[loop] = _Bridge(loop)
         return bridge
 
-    def _submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        return asyncio.run_coroutine_threadsafe(coro, self._engine_loop())
+    def _submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T] | asyncio.Future[T]:
+        loop = self._engine_loop()
+        if loop is asyncio.get_running_loop():
+            return asyncio.ensure_future(coro)
+        return asyncio.run_coroutine_threadsafe(coro, loop)
 
     async def _on_engine(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run `coro` on the engine's loop and await its result from ours."""
@@ -266,6 +283,8 @@ class Engine:
         if not self.settings.model_enabled:
             return False
         self._set_state(EngineState.STARTING)
+        if not self.own_thread:
+            self._loop = asyncio.get_running_loop()  # the frontend's, from its first request on
         t0 = time.monotonic()
         try:
             self.llm, self.tokenizer = await asyncio.to_thread(self._build)
@@ -339,8 +358,8 @@ class Engine:
         ``prompt_embeds`` (an array of one row per prompt position), when
         given, is the prompt instead of ``prompt_tokens`` (trained models).
 
-        The request runs on the engine's loop; tokens cross to the caller's
-        loop through a queue. Closing the iterator early (cancel, deadline)
+        The request runs on the frontend's loop; tokens cross to the
+        caller's loop through a queue (a plain one when the two are one). Closing the iterator early (cancel, deadline)
         cancels it there, which aborts it in the engine, so no abandoned
         request keeps a batch slot, and the caller does not wait for that.
         """
@@ -349,11 +368,15 @@ class Engine:
         usable = self.ready or (allow_warming and self.state is EngineState.STARTING)
         if not usable or self.llm is None:
             raise EngineUnavailable(self.state.value)
-        bridge = self._bridge(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
+        if loop is self._engine_loop():
+            emit = queue.put_nowait
+        else:
+            bridge = self._bridge(loop)
+            emit = lambda item: bridge.put(queue, item)  # noqa: E731
         prompt = self._prompt(prompt_tokens, prompt_embeds)
-        pump = self._submit(self._pump(self.llm, prompt, spec, request_id, temperature, seed,
-                                       lambda item: bridge.put(queue, item)))
+        pump = self._submit(self._pump(self.llm, prompt, spec, request_id, temperature, seed, emit))
         try:
             while True:
                 tokens, finished = await queue.get()
