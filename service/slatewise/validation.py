@@ -129,22 +129,25 @@ def _candidates(request: pb.RecommendRequest, snapshot: CatalogueSnapshot,
         return None
     out: list[Candidate] = []
     seen: dict[str, int] = {}
+    index, items = snapshot.index, snapshot.items
     for i, cand in enumerate(request.candidates):
-        field = f"candidates[{i}]"
         kind = cand.WhichOneof("kind")
-        if kind is None:
-            check.add(field, "must set item_id or item")
-            continue
         if kind == "item_id":
             cid = cand.item_id
-            idx = snapshot.index.get(cid)
+            idx = index.get(cid)
             if idx is None:
-                check.add(f"{field}.item_id", f"unknown catalogue id {cid[:64]!r}")
+                check.add(f"candidates[{i}].item_id", f"unknown catalogue id {cid[:64]!r}")
                 continue
-            it = snapshot.items[idx]
-            score = cand.score if cand.HasField("score") else None
-            new = Candidate(it.id, it.title, it.category, it.attributes, score, idx)
+            if cand.HasField("score"):
+                it = items[idx]
+                new = Candidate(it.id, it.title, it.category, it.attributes, cand.score, idx)
+            else:
+                new = snapshot.candidate(idx)
+        elif kind is None:
+            check.add(f"candidates[{i}]", "must set item_id or item")
+            continue
         else:
+            field = f"candidates[{i}]"
             item = cand.item
             check.text(f"{field}.item.id", item.id, required=True)
             check.text(f"{field}.item.title", item.title, required=True)
@@ -154,9 +157,9 @@ def _candidates(request: pb.RecommendRequest, snapshot: CatalogueSnapshot,
             score = item.score if item.HasField("score") else None
             new = Candidate(cid, item.title, item.category, dict(item.attributes), score, None)
         if new.upstream_score is not None and not math.isfinite(new.upstream_score):
-            check.add(f"{field}.score", "must be a finite number")
+            check.add(f"candidates[{i}].score", "must be a finite number")
         if cid in seen:
-            check.add(field, f"duplicate candidate id {cid[:64]!r} (also candidates[{seen[cid]}])")
+            check.add(f"candidates[{i}]", f"duplicate candidate id {cid[:64]!r} (also candidates[{seen[cid]}])")
             continue
         seen[cid] = i
         out.append(new)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from slatewise.catalogue.items import CatalogueItem
+from slatewise.domain import Candidate
 from slatewise.embeddings import Embedder
 from slatewise.retrieval import Retriever
 
@@ -40,6 +41,17 @@ class CatalogueSnapshot:
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def candidate(self, i: int) -> Candidate:
+        """Item ``i`` as a candidate without an upstream score, made once per
+        snapshot: most requests name catalogue ids, and building 50 frozen
+        candidates was most of validating a request (docs/BENCHMARKS.md)."""
+        cands = self.derived.setdefault("candidates", {})
+        cand = cands.get(i)
+        if cand is None:
+            it = self.items[i]
+            cand = cands[i] = Candidate(it.id, it.title, it.category, it.attributes, None, i)
+        return cand
 
 
 class UnknownItems(KeyError):
