@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 
 from slatewise import logs
@@ -23,11 +24,24 @@ def _serve(argv: list[str]) -> int:
         return 2
     logs.configure(settings.log_level)
     try:
-        asyncio.run(serve(settings))
+        with asyncio.Runner(loop_factory=_loop_factory(settings.event_loop)) as runner:
+            runner.run(serve(settings))
     except CatalogueError as exc:
         print(f"slatewise serve: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _loop_factory(choice: str):
+    """uvloop when chosen and installed, else asyncio's default loop."""
+    if choice == "uvloop":
+        try:
+            import uvloop
+        except ImportError:
+            logging.getLogger(__name__).warning("uvloop is not installed: serving on asyncio's event loop")
+        else:
+            return uvloop.new_event_loop
+    return None
 
 
 def _prepare(argv: list[str]) -> int:

@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     otel_endpoint: str = Field("http://localhost:4317", description="OTLP/gRPC collector for otel_traces=otlp.")
     otel_service_name: str = Field("slatewise", description="service.name of the traces.")
     log_level: str = Field("INFO", description="Log level of the JSON log lines.")
+    event_loop: Literal["uvloop", "asyncio"] = Field("uvloop", description="The server's event loop: uvloop (libuv, its loop in C: less Python on every turn of a request's way in and out) or the standard library's (also where uvloop is not installed, as on Windows).")
 
     # --- resilience -----------------------------------------------------------
     max_request_seconds: float = Field(30.0, gt=0, description="Longest a request may take; caps the caller's deadline.")
