@@ -153,7 +153,9 @@ class Recommender:
         """Yield each Decision as it is made, then the SlateOutcome.
 
         ``arrived`` and ``deadline`` are time.monotonic() values, the clock of
-        the event loop, so they serve directly as asyncio deadlines.
+        the event loop, so they serve directly as asyncio deadlines (uvloop
+        reads the same clock in whole milliseconds: a timeout fires up to
+        1 ms late, well inside ``deadline_margin_seconds``).
         """
         slot = self.slot
         slot.active += 1
@@ -201,20 +203,20 @@ class Recommender:
                 queue: asyncio.Queue = asyncio.Queue()
                 producer = asyncio.create_task(self._produce(slot, cset, plan, request, arrived, budget_end,
                                                              queue, start_hedge))
-                loop = asyncio.get_running_loop()
                 while True:
                     # The caller's budget is watched here, not only in the
                     # producer: its clean-up (aborting the engine request)
                     # must not delay the answer. What is queued already is
-                    # taken as it is (so it was with the wait, timed out or
-                    # not): the wait wraps each get in a task of its own, a
-                    # turn of the loop or two between the slate's last item
-                    # and the producer's end, which it has queued by then.
+                    # taken as it is, timed out or not. The wait is a
+                    # timeout around the get, not asyncio.wait_for, which
+                    # runs each get as a task of its own: a turn of the loop
+                    # more for every item, the last one's included.
                     if not queue.empty():
                         item = queue.get_nowait()
                     else:
                         try:
-                            item = await asyncio.wait_for(queue.get(), max(0.0, budget_end - loop.time()))
+                            async with asyncio.timeout_at(budget_end):
+                                item = await queue.get()
                         except TimeoutError:
                             item = queue.get_nowait() if not queue.empty() else \
                                 _ModelStopped(FallbackReason.DEADLINE, len(decisions))
