@@ -15,13 +15,13 @@ receives committed tokens through a queue. Before, these shared one loop, and
 a burst of vLLM output processing or a request's set-up (up to 26 ms in one
 callback, profiled under the deadline scenario) delayed the deadline watch
 and the pointwise fill behind it. A trained model's prompt is at most ~23
-token ids or embeddings, whose set-up is short; there the thread cost more
-than it saved: each slate paid two hand-overs between threads (the request
-in, the last token out), each a wake-up of a sleeping thread and a wait for
-the GIL, and the frontend runs on the server's loop (``engine_frontend``,
-docs/BENCHMARKS.md). The engine is built on a worker thread either way
-(vLLM's start-up blocks for tens of seconds) so the gRPC server keeps
-answering health checks, NOT_SERVING, while the model loads.
+token ids or embedding rows, quickly set up. For it the thread cost more
+than it saved: each slate crossed between threads twice (the request in,
+the last token out), each time waking a sleeping thread that then waited
+for the GIL. So a trained model's frontend runs on the server's loop
+(``engine_frontend``, docs/BENCHMARKS.md). The engine is built on a worker
+thread either way (vLLM's start-up blocks for tens of seconds) so the gRPC
+server keeps answering health checks, NOT_SERVING, while the model loads.
 """
 
 from __future__ import annotations
@@ -359,9 +359,10 @@ class Engine:
         given, is the prompt instead of ``prompt_tokens`` (trained models).
 
         The request runs on the frontend's loop; tokens cross to the
-        caller's loop through a queue (a plain one when the two are one). Closing the iterator early (cancel, deadline)
-        cancels it there, which aborts it in the engine, so no abandoned
-        request keeps a batch slot, and the caller does not wait for that.
+        caller's loop through a queue (a plain one when the two are one).
+        Closing the iterator early (cancel, deadline) cancels it there,
+        which aborts it in the engine, so no abandoned request keeps a batch
+        slot, and the caller does not wait for that.
         """
         from vllm.v1.engine.exceptions import EngineDeadError
 
