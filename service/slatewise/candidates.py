@@ -133,10 +133,7 @@ def resolve(request: SlateRequest, snapshot: CatalogueSnapshot, embedder: Embedd
     ctx = context_vector(request, snapshot, embedder)
     if request.candidates is None:
         idx, scores = _retrieve(request, snapshot, ctx, top_n)
-        cands = tuple(
-            Candidate(it.id, it.title, it.category, it.attributes, None, i)
-            for i, it in ((i, snapshot.items[i]) for i in idx)
-        )
+        cands = tuple(snapshot.candidate(i) for i in idx)
         embs = snapshot.embeddings[idx]
         retrieved = True
     else:

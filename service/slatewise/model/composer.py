@@ -23,7 +23,6 @@ from slatewise.candidates import CandidateSet
 from slatewise.catalogue.items import CatalogueItem
 from slatewise.config import Settings
 from slatewise.decoding.automaton import is_feasible
-from slatewise.domain import Candidate
 from slatewise.model.engine import Engine
 from slatewise.model.handles import HandleSet, single_token_handles
 from slatewise.model.item_prompts import ItemPromptPlanner
@@ -83,8 +82,7 @@ class SlateComposer:
                                                  len(self.prompts.handles)):
             # Every request shares this context: one prefix, cached once per version.
             key = ("catalogue", id(snap), snap.version)
-            items = [Candidate(it.id, it.title, it.category, it.attributes, None, i)
-                     for i, it in enumerate(snap.items)]
+            items = [snap.candidate(i) for i in range(len(snap))]
             return self.prompts.context(items, cache_key=key)
         key = None
         if all_in_catalogue:

@@ -283,8 +283,6 @@ class Engine:
         if not self.settings.model_enabled:
             return False
         self._set_state(EngineState.STARTING)
-        if not self.own_thread:
-            self._loop = asyncio.get_running_loop()  # the frontend's, from its first request on
         t0 = time.monotonic()
         try:
             self.llm, self.tokenizer = await asyncio.to_thread(self._build)
