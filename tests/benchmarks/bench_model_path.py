@@ -216,9 +216,13 @@ async def main(rounds: int, server_args: list[str], model: str = "", catalogue: 
         await raw.start()
         try:
             async with AsyncSlateClient(server_on.target) as on:
-                warm = ([trained_request(20_000 + j, pool, *trained, prefix="warm")[1] for j in range(2)]
-                        if trained else requests(pool, 2))
-                for r in warm:
+                # Not named `warm`: that name is the --warm flag, and a list of
+                # requests in its place (as from ea86892 to here) made every
+                # run a --warm one, the default's pause before each request
+                # included.
+                warmup = ([trained_request(20_000 + j, pool, *trained, prefix="warm")[1] for j in range(2)]
+                          if trained else requests(pool, 2))
+                for r in warmup:
                     await timed_unary(on, r)  # warm both caches and code paths
                     await raw.generate(raw.plan(r)[0], f"warm-{r.request_id}")
                 reqs = requests(pool, rounds, trained)
