@@ -216,10 +216,9 @@ async def main(rounds: int, server_args: list[str], model: str = "", catalogue: 
         await raw.start()
         try:
             async with AsyncSlateClient(server_on.target) as on:
-                # Not named `warm`: that name is the --warm flag, and a list of
-                # requests in its place (as from ea86892 to here) made every
-                # run a --warm one, the default's pause before each request
-                # included.
+                # Not named `warm`: that name is the --warm flag. A list of
+                # requests in its place (from ea86892 until 2026-12-02) made
+                # every run a --warm one, the default included.
                 warmup = ([trained_request(20_000 + j, pool, *trained, prefix="warm")[1] for j in range(2)]
                           if trained else requests(pool, 2))
                 for r in warmup:
