@@ -13,7 +13,7 @@ import collections
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from slatewise.candidates import CandidateSet, resolve
@@ -186,7 +186,7 @@ class Recommender:
         decisions: list[Decision] = []
         tally = cset.tally()  # the outcome's diversity, kept up as items arrive
         tokens = 0
-        hedge = producer = None
+        hedge = None
 
         def start_hedge() -> None:
             nonlocal hedge
@@ -195,40 +195,53 @@ class Recommender:
 
         try:
             if use_model:
-                # Hedge: the pointwise slate is computed while the model
-                # decodes, so a fallback at the deadline costs nothing. It
-                # starts once the engine has the request (the producer says
-                # so), not before: computed beside the request's own set-up,
-                # it held the GIL that set-up needs.
-                queue: asyncio.Queue = asyncio.Queue()
-                producer = asyncio.create_task(self._produce(slot, cset, plan, request, arrived, budget_end,
-                                                             queue, start_hedge))
-                while True:
-                    # The caller's budget is watched here, not only in the
-                    # producer: its clean-up (aborting the engine request)
-                    # must not delay the answer. What is queued already is
-                    # taken as it is, timed out or not. The wait is a
-                    # timeout around the get, not asyncio.wait_for, which
-                    # runs each get as a task of its own: a turn of the loop
-                    # more for every item, the last one's included.
-                    if not queue.empty():
-                        item = queue.get_nowait()
+                # The model's items are read by this task, the one that
+                # answers the caller: one wake-up per engine output, as for
+                # raw vLLM. (A task of its own fed them through a queue, a
+                # second wake-up for each, and work in the server between
+                # two engine steps slows the next one; docs/BENCHMARKS.md,
+                # 2026-12-02.) The caller's budget bounds each wait for the
+                # engine, never a yield to the caller; what the engine has
+                # already delivered is taken as it is, timed out or not, and
+                # aborting the engine request is left to the engine's loop.
+                try:
+                    if isinstance(plan, CannotPlan):
+                        log.info("request %s: %s", request.request_id, plan)
+                        self.circuit.record_neutral()
+                        reason = plan.reason
                     else:
+                        picks = slot.composer.compose(plan, request_id=request.request_id,
+                                                      temperature=request.temperature, seed=request.seed)
+                        # Hedge: the pointwise slate is computed while the
+                        # model decodes, so a fallback at the deadline costs
+                        # nothing. It starts once compose() first waits, when
+                        # the engine has the request, not before: computed
+                        # beside the request's own set-up, it held the GIL
+                        # that set-up needs.
+                        asyncio.get_running_loop().call_soon(start_hedge)
+                        started = time.monotonic()
                         try:
-                            async with asyncio.timeout_at(budget_end):
-                                item = await queue.get()
-                        except TimeoutError:
-                            item = queue.get_nowait() if not queue.empty() else \
-                                _ModelStopped(FallbackReason.DEADLINE, len(decisions))
-                    if isinstance(item, _ModelStopped):
-                        reason, tokens = item.reason, item.tokens
-                        break
-                    if item is None:
-                        tokens = len(decisions)  # one token per item; EOS is not generated
-                        break
-                    decisions.append(item)
-                    tally.add(item.candidate)
-                    yield item
+                            while True:
+                                try:
+                                    async with asyncio.timeout_at(budget_end):
+                                        index = await anext(picks)
+                                except StopAsyncIteration:
+                                    reason, tokens = self._model_finished(request, len(decisions))
+                                    break
+                                except Exception as exc:  # noqa: BLE001 - classified for the outcome
+                                    reason = self._model_stopped(exc, slot, request, len(decisions),
+                                                                 generous=budget_end - started
+                                                                 >= self.settings.circuit_slow_seconds)
+                                    tokens = len(decisions)
+                                    break
+                                decision = _decide(cset, index, Source.MODEL, arrived)
+                                decisions.append(decision)
+                                tally.add(index)
+                                yield decision
+                        finally:
+                            await picks.aclose()  # a caller who cancels must not leave a request in the engine
+                finally:
+                    self.model_slots.release()
                 if len(decisions) == request.k and random.random() < self.settings.shadow_rate:
                     start_hedge()
                     self._shadow(cset, decisions, await hedge)
@@ -243,11 +256,40 @@ class Recommender:
                     tally.add(index)
                     yield decision
         finally:
-            # A caller who cancels must not leave a request in the engine.
-            for task in (producer, hedge):
-                if task is not None:
-                    task.cancel()
+            if hedge is not None:
+                hedge.cancel()
         yield self._outcome(slot, cset, decisions, tally.result(), reason, arrived, tokens)
+
+    def _model_finished(self, request: SlateRequest, committed: int) -> tuple[FallbackReason, int]:
+        """The engine ended the request: the reason and the tokens it generated."""
+        self.circuit.record_success()
+        if committed < request.k:
+            # A trained model offered only the candidates it has tokens for
+            # wrote all it could (and its EOS); the pointwise fill completes the slate.
+            return FallbackReason.UNKNOWN_CANDIDATES, committed + 1
+        return FallbackReason.NONE, committed  # one token per item; EOS is not generated
+
+    def _model_stopped(self, exc: Exception, slot: ModelSlot, request: SlateRequest, committed: int,
+                       generous: bool) -> FallbackReason:
+        """Why the model stopped short, told to the circuit breaker."""
+        if isinstance(exc, TimeoutError):
+            # Nothing at all within a generous budget looks like a sick
+            # engine; a slate cut short by a tight deadline does not.
+            if committed == 0 and generous:
+                self.circuit.record_failure()
+            else:
+                self.circuit.record_neutral()
+            return FallbackReason.DEADLINE
+        if isinstance(exc, EngineUnavailable):
+            self.circuit.record_neutral()
+            return self._model_unavailable_reason(slot)
+        self.circuit.record_failure()
+        if isinstance(exc, EngineRequestError):
+            log.warning("request %s: engine error: %s", request.request_id, exc)
+            return FallbackReason.ENGINE_DEAD if exc.dead else FallbackReason.ENGINE_ERROR
+        # A bug here must not fail the caller.
+        log.error("request %s: model path failed", request.request_id, exc_info=exc)
+        return FallbackReason.ENGINE_ERROR
 
     def _shadow(self, cset: CandidateSet, decisions: list[Decision], pointwise: list[int]) -> None:
         """What the model bought over the pointwise slate for this very request."""
@@ -261,69 +303,6 @@ class Recommender:
     def _pointwise(self, cset: CandidateSet, request: SlateRequest, picked) -> list[int]:
         return select(self.settings.diversify_method, cset.embeddings, cset.scores, request.k,
                       request.diversity, cset.limits, selected=list(picked))
-
-    async def _produce(self, slot: ModelSlot, cset: CandidateSet, plan: ModelPlan | CannotPlan,
-                       request: SlateRequest, arrived: float, budget_end: float, queue: asyncio.Queue,
-                       submitted: Callable[[], None]) -> None:
-        """Run the model in its own task: Decisions into the queue, then None
-        (done) or a _ModelStopped. The deadline is enforced here, where no
-        yield to the caller can be interrupted by it. Owns the model slot and
-        reports to the circuit breaker. ``submitted`` is called once the
-        request is on its way to the engine."""
-        committed = 0
-        started = time.monotonic()
-        try:
-            if isinstance(plan, CannotPlan):
-                log.info("request %s: %s", request.request_id, plan)
-                self.circuit.record_neutral()
-                queue.put_nowait(_ModelStopped(plan.reason, 0))
-                return
-            # Runs as soon as compose() below first waits: by then the
-            # request has been handed to the engine's thread, or (frontend
-            # on this loop) its set-up is queued ahead of the hedge's start.
-            asyncio.get_running_loop().call_soon(submitted)
-            try:
-                async with asyncio.timeout_at(budget_end):
-                    async for index in slot.composer.compose(
-                        plan, request_id=request.request_id,
-                        temperature=request.temperature, seed=request.seed,
-                    ):
-                        committed += 1
-                        queue.put_nowait(_decide(cset, index, Source.MODEL, arrived))
-            except TimeoutError:
-                # Nothing at all within a generous budget looks like a sick
-                # engine; a slate cut short by a tight deadline does not.
-                generous = budget_end - started >= self.settings.circuit_slow_seconds
-                if committed == 0 and generous:
-                    self.circuit.record_failure()
-                else:
-                    self.circuit.record_neutral()
-                queue.put_nowait(_ModelStopped(FallbackReason.DEADLINE, committed))
-                return
-            except EngineUnavailable:
-                self.circuit.record_neutral()
-                queue.put_nowait(_ModelStopped(self._model_unavailable_reason(slot), committed))
-                return
-            except EngineRequestError as exc:
-                log.warning("request %s: engine error: %s", request.request_id, exc)
-                self.circuit.record_failure()
-                reason = FallbackReason.ENGINE_DEAD if exc.dead else FallbackReason.ENGINE_ERROR
-                queue.put_nowait(_ModelStopped(reason, committed))
-                return
-            except Exception:  # noqa: BLE001 - a bug here must not fail the caller
-                log.exception("request %s: model path failed", request.request_id)
-                self.circuit.record_failure()
-                queue.put_nowait(_ModelStopped(FallbackReason.ENGINE_ERROR, committed))
-                return
-            self.circuit.record_success()
-            if committed < request.k:
-                # A trained model offered only the candidates it has tokens for
-                # wrote all it could; the pointwise fill completes the slate.
-                queue.put_nowait(_ModelStopped(FallbackReason.UNKNOWN_CANDIDATES, committed + 1))
-                return
-            queue.put_nowait(None)
-        finally:
-            self.model_slots.release()
 
     def _outcome(self, slot: ModelSlot, cset: CandidateSet, decisions: list[Decision], diversity: SlateDiversity,
                  reason: FallbackReason, arrived: float, tokens: int) -> SlateOutcome:
@@ -385,13 +364,6 @@ class Recommender:
         if len(picks) != plan.spec.k:
             raise RuntimeError(f"warm-up slate has {len(picks)} items, expected {plan.spec.k}")
 
-
-
-class _ModelStopped(Exception):
-    def __init__(self, reason: FallbackReason, tokens: int):
-        super().__init__(reason.value)
-        self.reason = reason
-        self.tokens = tokens
 
 
 def _decide(cset: CandidateSet, index: int, source: Source, arrived: float) -> Decision:

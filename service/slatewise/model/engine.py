@@ -115,6 +115,7 @@ class Engine:
         self._processes: list[int] = []  # this engine's vLLM processes (engine core, workers)
         self._thread: threading.Thread | None = None
         self._bridges: dict[asyncio.AbstractEventLoop, _Bridge] = {}
+        self._aborts: set[asyncio.Future] = set()  # aborts under way, held until done
         self.trained: TrainedModel | None = None
         self._trained_error = ""
         if (trained := trained_model_dir(settings.model)) is not None:
@@ -356,35 +357,24 @@ class Engine:
         ``prompt_embeds`` (an array of one row per prompt position), when
         given, is the prompt instead of ``prompt_tokens`` (trained models).
 
-        The request runs on the frontend's loop; tokens cross to the
-        caller's loop through a queue (a plain one when the two are one).
-        Closing the iterator early (cancel, deadline) cancels it there,
-        which aborts it in the engine, so no abandoned request keeps a batch
-        slot, and the caller does not wait for that.
+        Closing the iterator early (cancel, deadline) aborts the request in
+        the engine, so no abandoned request keeps a batch slot, and the
+        caller does not wait for that.
         """
         from vllm.v1.engine.exceptions import EngineDeadError
 
         usable = self.ready or (allow_warming and self.state is EngineState.STARTING)
         if not usable or self.llm is None:
             raise EngineUnavailable(self.state.value)
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-        if loop is self._engine_loop():
-            emit = queue.put_nowait
-        else:
-            bridge = self._bridge(loop)
-            emit = lambda item: bridge.put(queue, item)  # noqa: E731
         prompt = self._prompt(prompt_tokens, prompt_embeds)
-        pump = self._submit(self._pump(self.llm, prompt, spec, request_id, temperature, seed, emit))
+        loop = asyncio.get_running_loop()
+        outputs = (self._direct(self.llm, prompt, spec, request_id, temperature, seed)
+                   if loop is self._engine_loop() else
+                   self._bridged(loop, self.llm, prompt, spec, request_id, temperature, seed))
         try:
-            while True:
-                tokens, finished = await queue.get()
-                if isinstance(tokens, BaseException):
-                    raise tokens
+            async for tokens in outputs:
                 for token in tokens:
                     yield token
-                if finished:
-                    return
         except EngineDeadError as exc:
             self.last_error = f"engine dead: {exc}"
             if self.state is EngineState.READY:
@@ -398,6 +388,50 @@ class Engine:
                     self._set_state(EngineState.DEAD)
                 raise EngineRequestError(f"engine dead: {exc}", dead=True) from exc
             raise EngineRequestError(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            await outputs.aclose()  # a no-op once it has finished
+
+    async def _direct(self, llm, prompt, spec: SlateSpec, request_id: str,
+                      temperature: float, seed: int | None) -> AsyncIterator[list[int]]:
+        """The frontend on the caller's loop: AsyncLLM.generate's own loop
+        over the request's output collector, read by the caller's task.
+
+        Each engine output wakes that one task, as it wakes the task that
+        calls generate. A task of its own feeding a queue woke a second one
+        per output, and on these machines work in the server between two
+        engine steps slows the engine's next step (docs/BENCHMARKS.md,
+        2026-12-02). Not generate itself: closed early, generate waits for
+        its abort to reach the engine core before it lets the caller go."""
+        q = None
+        finished = False
+        try:
+            q = await llm.add_request(request_id, prompt, Engine.sampling_params(spec, temperature, seed))
+            while not finished:
+                out = q.get_nowait() or await q.get()
+                finished = out.finished
+                yield out.outputs[0].token_ids
+        finally:
+            if q is not None and not finished and not llm.errored:
+                abort = asyncio.ensure_future(llm.abort(q.request_id, internal=True))
+                self._aborts.add(abort)
+                abort.add_done_callback(self._aborts.discard)
+
+    async def _bridged(self, loop: asyncio.AbstractEventLoop, llm, prompt, spec: SlateSpec, request_id: str,
+                       temperature: float, seed: int | None) -> AsyncIterator[list[int]]:
+        """The frontend on its own thread: the request runs there (_pump),
+        its outputs cross to the caller's loop through a queue."""
+        queue: asyncio.Queue = asyncio.Queue()
+        bridge = self._bridge(loop)
+        pump = self._submit(self._pump(llm, prompt, spec, request_id, temperature, seed,
+                                       lambda item: bridge.put(queue, item)))
+        try:
+            while True:
+                tokens, finished = await queue.get()
+                if isinstance(tokens, BaseException):
+                    raise tokens
+                yield tokens
+                if finished:
+                    return
         finally:
             pump.cancel()  # a no-op once it has finished
 
