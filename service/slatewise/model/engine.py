@@ -19,7 +19,8 @@ token ids or embedding rows, quickly set up. For it the thread cost more
 than it saved: each slate crossed between threads twice (the request in,
 the last token out), each time waking a sleeping thread that then waited
 for the GIL. So a trained model's frontend runs on the server's loop
-(``engine_frontend``, docs/BENCHMARKS.md). The engine is built on a worker
+(``engine_frontend``, docs/BENCHMARKS.md), where the task that answers the
+caller reads the request's outputs itself (``_direct``). The engine is built on a worker
 thread either way (vLLM's start-up blocks for tens of seconds) so the gRPC
 server keeps answering health checks, NOT_SERVING, while the model loads.
 """
