@@ -193,6 +193,11 @@ class Recommender:
             if hedge is None:
                 hedge = asyncio.create_task(asyncio.to_thread(self._pointwise, cset, request, ()))
 
+        if use_model and isinstance(plan, CannotPlan):  # context too long, no candidate the model knows
+            log.info("request %s: %s", request.request_id, plan)
+            self.circuit.record_neutral()
+            self.model_slots.release()
+            reason, use_model = plan.reason, False
         try:
             if use_model:
                 # The model's items are read by this task, the one that
@@ -204,44 +209,36 @@ class Recommender:
                 # engine, never a yield to the caller; what the engine has
                 # already delivered is taken as it is, timed out or not, and
                 # aborting the engine request is left to the engine's loop.
+                picks = slot.composer.compose(plan, request_id=request.request_id,
+                                              temperature=request.temperature, seed=request.seed)
+                # Hedge: the pointwise slate is computed while the model
+                # decodes, so a fallback at the deadline costs nothing. It
+                # starts once compose() first waits, when the engine has the
+                # request, not before: computed beside the request's own
+                # set-up, it held the GIL that set-up needs.
+                asyncio.get_running_loop().call_soon(start_hedge)
+                started = time.monotonic()
                 try:
-                    if isinstance(plan, CannotPlan):
-                        log.info("request %s: %s", request.request_id, plan)
-                        self.circuit.record_neutral()
-                        reason = plan.reason
-                    else:
-                        picks = slot.composer.compose(plan, request_id=request.request_id,
-                                                      temperature=request.temperature, seed=request.seed)
-                        # Hedge: the pointwise slate is computed while the
-                        # model decodes, so a fallback at the deadline costs
-                        # nothing. It starts once compose() first waits, when
-                        # the engine has the request, not before: computed
-                        # beside the request's own set-up, it held the GIL
-                        # that set-up needs.
-                        asyncio.get_running_loop().call_soon(start_hedge)
-                        started = time.monotonic()
+                    while True:
                         try:
-                            while True:
-                                try:
-                                    async with asyncio.timeout_at(budget_end):
-                                        index = await anext(picks)
-                                except StopAsyncIteration:
-                                    reason, tokens = self._model_finished(request, len(decisions))
-                                    break
-                                except Exception as exc:  # noqa: BLE001 - classified for the outcome
-                                    reason = self._model_stopped(exc, slot, request, len(decisions),
-                                                                 generous=budget_end - started
-                                                                 >= self.settings.circuit_slow_seconds)
-                                    tokens = len(decisions)
-                                    break
-                                decision = _decide(cset, index, Source.MODEL, arrived)
-                                decisions.append(decision)
-                                tally.add(index)
-                                yield decision
-                        finally:
-                            await picks.aclose()  # a caller who cancels must not leave a request in the engine
+                            async with asyncio.timeout_at(budget_end):
+                                index = await anext(picks)
+                        except StopAsyncIteration:
+                            reason, tokens = self._model_finished(request, len(decisions))
+                            break
+                        except Exception as exc:  # noqa: BLE001 - classified for the outcome
+                            reason = self._model_stopped(exc, slot, request, len(decisions),
+                                                         generous=budget_end - started
+                                                         >= self.settings.circuit_slow_seconds)
+                            tokens = len(decisions)
+                            break
+                        decision = _decide(cset, index, Source.MODEL, arrived)
+                        decisions.append(decision)
+                        tally.add(index)
+                        yield decision
                 finally:
                     self.model_slots.release()
+                    await picks.aclose()  # a caller who cancels must not leave a request in the engine
                 if len(decisions) == request.k and random.random() < self.settings.shadow_rate:
                     start_hedge()
                     self._shadow(cset, decisions, await hedge)

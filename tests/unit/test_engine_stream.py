@@ -42,7 +42,7 @@ class ScriptedLLM:
     def __init__(self, steps, step=0.01, error=None, abort_takes=0.05) -> None:
         self.steps, self.step, self.error, self.abort_takes = steps, step, error, abort_takes
         self.errored = False
-        self.aborted: list[str] = []
+        self.aborted: list[tuple[str, bool]] = []
         self.feeders: list[asyncio.Task] = []
 
     async def add_request(self, request_id, prompt, params):
