@@ -30,6 +30,12 @@ same shape on the same system (both after the pause): the state of a system
 under steady traffic (caches warm, engine processes still spinning), where
 the default measures one that has sat idle for a second. Both are reported
 in docs/BENCHMARKS.md; neither is the other's stand-in.
+
+With --model, each service / raw model ratio comes with a 95 % bootstrap
+interval over the rounds. On a 2-core machine one slate's nine decode steps
+alone took 20-52 ms, so the median of 75 requests per shape (--rounds 150)
+moves by several per cent between runs; --rounds 600 narrows the interval
+to about +-3 % (docs/BENCHMARKS.md, 2026-12-02, third session).
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ import time
 from pathlib import Path
 
 
-from common import machine, median, pct, start_server, stop_server, table
+from common import machine, median, pct, ratio_ci, start_server, stop_server, table
 
 QUERIES = ["casual outfit", "business meeting", "rainy autumn commute", "beach holiday",
            "gym session", "wedding guest", "winter hiking", "first date dinner",
@@ -326,7 +332,10 @@ async def main(rounds: int, server_args: list[str], model: str = "", catalogue: 
                   f"{median(query_encodes) * 1e3:.2f} ms"],
                  ["service / raw model (soft token + generate) (p50)", median(svc) / median(with_enc)],
                  ["service / raw model, median of per-request ratios",
-                  median([a / b for a, b in zip(svc, with_enc)])]]
+                  median([a / b for a, b in zip(svc, with_enc)])],
+                 ["service / raw model (p50), 95% bootstrap interval over rounds", ratio_ci(svc, with_enc)],
+                 ["service - raw model, p50 of each, ms",
+                  f"{(median(svc) - median(with_enc)) * 1e3:.2f} ({ratio_ci(svc, with_enc, _ms_diff)})"]]
         for shape in SHAPES:
             s, r, m = by_shape["svc", shape], by_shape["raw", shape], by_shape["raw_enc", shape]
             rows += [[f"{shape}-only: service p50 s / raw generate p50 s / raw model p50 s",
@@ -334,8 +343,15 @@ async def main(rounds: int, server_args: list[str], model: str = "", catalogue: 
                      [f"{shape}-only: service / raw generate, p50 and per request",
                       f"{median(s) / median(r):.3f} / {median([a / b for a, b in zip(s, r)]):.3f}"],
                      [f"{shape}-only: service / raw model, p50 and per request",
-                      f"{median(s) / median(m):.3f} / {median([a / b for a, b in zip(s, m)]):.3f}"]]
+                      f"{median(s) / median(m):.3f} / {median([a / b for a, b in zip(s, m)]):.3f}"],
+                     [f"{shape}-only: service / raw model (p50), 95% bootstrap interval", ratio_ci(s, m)]]
     print(table(["measure", "value"], rows), flush=True)
+
+
+def _ms_diff(a, b) -> float:
+    import numpy as np
+
+    return float(np.median(a) - np.median(b)) * 1e3
 
 
 class _SkipPhase2(Exception):
