@@ -76,6 +76,7 @@ class SlatewiseServer:
         self.grpc_port: int | None = None
         self.metrics_port: int | None = None
         self._server: grpc.aio.Server | None = None
+        self.slates: SlateService | None = None  # the servicer: its last bookkeeping is flushed at stop
         self._metrics_http = None
         self._engine_task: asyncio.Task | None = None
         self._lag_task: asyncio.Task | None = None
@@ -119,8 +120,8 @@ class SlatewiseServer:
         if s.auth_tokens_file is not None:
             interceptors.append(BearerTokenInterceptor(load_tokens(s.auth_tokens_file)))
         server = grpc.aio.server(options=options, interceptors=interceptors)
-        pb_grpc.add_SlateServiceServicer_to_server(
-            SlateService(s, self.recommender, self.metrics, self.feedback), server)
+        self.slates = SlateService(s, self.recommender, self.metrics, self.feedback)
+        pb_grpc.add_SlateServiceServicer_to_server(self.slates, server)
         pb_grpc.add_FeedbackServiceServicer_to_server(FeedbackService(self.feedback), server)
         pb_grpc.add_ModelServiceServicer_to_server(ModelService(self.switcher), server)
         pb_grpc.add_CatalogueServiceServicer_to_server(
@@ -207,6 +208,7 @@ class SlatewiseServer:
         await self._set_health(["overall", "slates", "catalogue", "model"], NOT_SERVING)
         if self._server is not None:
             await self._server.stop(grace if grace is not None else self.settings.shutdown_grace_seconds)
+            self.slates.flush()  # the last slates' metrics and log lines, not dropped with the loop
         for task in (self._engine_task, self._lag_task):
             if task is not None and not task.done():
                 task.cancel()

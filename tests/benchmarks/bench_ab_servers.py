@@ -10,7 +10,9 @@ servers serve the same trained model; each round sends --block requests to
 one server, then --block of the same shapes to the other (which goes first
 alternates by round), each block after vLLM's spin-wait pause, so a server
 is never timed while the other's engine still spins. --after defaults to
-this checkout. Reported per request shape: p50 of each, after / before; and
+this checkout. With --lead, each block starts with an untimed request, so
+that (with --block 1) every timed request follows one of its shape at once,
+as bench_model_path --warm times it. Reported per request shape: p50 of each, after / before; and
 the strategies and generated-token counts each side returned, which show
 which code each server ran.
 """
@@ -24,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 from bench_model_path import SPIN_WINDOW, catalogue_ids, shared_pool, timed_unary, trained_request
-from common import REPO, machine, median, start_server, stop_server, table
+from common import REPO, machine, median, ratio_ci, start_server, stop_server, table
 
 
 async def main(args) -> None:
@@ -32,7 +34,8 @@ async def main(args) -> None:
     from slatewise_client.pb import slate_pb2 as pb
 
     print(f"# before: {args.before}, after: {args.after}; trained model {args.model}, "
-          f"{args.rounds} rounds of {args.block} requests per server")
+          f"{args.rounds} rounds of {args.block} requests per server"
+          f"{', each block after an untimed lead request' if args.lead else ''}")
     print(f"# machine: {machine(trained=True)}")
     ids, pool = catalogue_ids(args.catalogue), shared_pool(path=args.catalogue)
     sides = {"before": Path(args.before), "after": Path(args.after)}
@@ -57,6 +60,9 @@ async def main(args) -> None:
                     for j in range(args.block):
                         shape, request = trained_request(1000 + r * args.block + j, pool, ids, args.history,
                                                          prefix=f"ab{r}-{side}")
+                        if args.lead and j == 0:  # untimed, of the same shape (an even offset)
+                            await timed_unary(clients[side], trained_request(
+                                50_000 + r * args.block, pool, ids, args.history, prefix=f"lead{r}-{side}")[1])
                         total, slate = await timed_unary(clients[side], request)
                         times[side].setdefault(shape, []).append(total)
                         strategies[side].add((pb.Strategy.Name(slate.strategy), slate.generated_tokens))
@@ -68,8 +74,11 @@ async def main(args) -> None:
     rows = []
     for shape in sorted(times["after"]):
         before, after = median(times["before"][shape]), median(times["after"][shape])
-        rows.append([shape, len(times["after"][shape]), before * 1000, after * 1000, after / before])
-    print(table(["request shape", "requests per server", "before p50 ms", "after p50 ms", "after / before"], rows))
+        # The n-th request of a shape on each server is the same request, sent in the same round.
+        rows.append([shape, len(times["after"][shape]), before * 1000, after * 1000, after / before,
+                     ratio_ci(times["after"][shape], times["before"][shape])])
+    print(table(["request shape", "requests per server", "before p50 ms", "after p50 ms", "after / before",
+                 "95% bootstrap interval"], rows))
     print(f"(strategy, generated tokens) seen: before {sorted(strategies['before'])}, "
           f"after {sorted(strategies['after'])}")
 
@@ -83,4 +92,7 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--block", type=int, default=8, help="requests per server per round")
     parser.add_argument("--history", type=int, default=10, help="history items per history-only request")
+    parser.add_argument("--lead", action="store_true",
+                        help="an untimed request before each block's first (with --block 1: each timed "
+                             "request right after one of its shape, as bench_model_path --warm)")
     asyncio.run(main(parser.parse_args()))
