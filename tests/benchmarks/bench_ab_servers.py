@@ -12,9 +12,10 @@ alternates by round), each block after vLLM's spin-wait pause, so a server
 is never timed while the other's engine still spins. --after defaults to
 this checkout. With --lead, each block starts with an untimed request, so
 that (with --block 1) every timed request follows one of its shape at once,
-as bench_model_path --warm times it. Reported per request shape: p50 of each, after / before; and
-the strategies and generated-token counts each side returned, which show
-which code each server ran.
+as bench_model_path --warm times it. Reported per request shape: p50 of
+each, after / before with a paired 95 % bootstrap interval; and the
+strategies and generated-token counts each side returned, which show which
+code each server ran.
 """
 
 from __future__ import annotations

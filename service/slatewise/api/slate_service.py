@@ -36,7 +36,7 @@ class SlateService(pb_grpc.SlateServiceServicer):
         self.metrics = metrics
         self.feedback = feedback
         self.admission = InflightLimit(settings.max_inflight_requests)
-        self._pending: dict[object, tuple[asyncio.TimerHandle, Callable[[], None]]] = {}
+        self._pending: set[Callable[[], None]] = set()  # bookkeeping scheduled, not yet run
 
     def _deadline(self, context: grpc.aio.ServicerContext, arrived: float) -> float | None:
         remaining = context.time_remaining()
@@ -96,28 +96,29 @@ class SlateService(pb_grpc.SlateServiceServicer):
         whose steps leave the server idle. Side by side, each slate timed
         right after another, two runs: query-only slates 3-5 % faster,
         history-only ones -2 to +3 % (docs/BENCHMARKS.md, 2026-12-02, fourth
-        session). gRPC runs done-callbacks when the RPC
-        ends, answer sent or not, so nothing is skipped for a caller who
-        went away; flush() runs what is still waiting at shutdown."""
+        session). gRPC runs done-callbacks when the RPC ends, answer sent or
+        not, so nothing is skipped for a caller who went away; flush() runs
+        what is still waiting at shutdown."""
         remaining = context.time_remaining()  # the deadline left as the slate leaves us
         loop = asyncio.get_running_loop()
-        key = object()  # request ids are the caller's, not necessarily unique
 
         def work() -> None:
-            self._pending.pop(key, None)
+            if work not in self._pending:  # flush() ran it already
+                return
+            self._pending.discard(work)
             self.recommender.record(outcome)
             self._log(request_id, method, outcome, remaining)
 
         def done(_context) -> None:
-            self._pending[key] = (loop.call_later(BOOKKEEPING_DELAY_S, work), work)
+            self._pending.add(work)
+            loop.call_later(BOOKKEEPING_DELAY_S, work)
 
         context.add_done_callback(done)
 
     def flush(self) -> None:
         """Run the bookkeeping still waiting (at shutdown, once no RPC is left)."""
-        for handle, work in list(self._pending.values()):
-            handle.cancel()
-            work()
+        for work in list(self._pending):
+            work()  # its timer, if it still fires, finds it done
 
     def _log(self, request_id: str, method: str, outcome: SlateOutcome, remaining: float | None) -> None:
         extra = {
