@@ -97,15 +97,24 @@ async def test_closing_early_aborts_without_waiting_for_the_abort():
 
 
 async def test_a_deadline_mid_request_aborts_it():
-    llm = ScriptedLLM([[5], [7], [9]], step=0.05, abort_takes=0.0)
+    # The deadline is set once the first token is in and falls well inside the
+    # next step, so a slow or busy machine cannot move it to either side.
+    llm = ScriptedLLM([[5], [7], [9]], step=0.5, abort_takes=0.0)
+    loop = asyncio.get_running_loop()
     got = []
     with pytest.raises(TimeoutError):
-        async with asyncio.timeout(0.08):
+        async with asyncio.timeout(None) as deadline:
             async for t in _engine(llm).stream([1, 2], None, request_id="r"):
                 got.append(t)
+                deadline.reschedule(loop.time() + 0.05)
     assert got == [5]
-    await asyncio.sleep(0.01)
+    for _ in range(100):  # the abort is sent in the background
+        if llm.aborted:
+            break
+        await asyncio.sleep(0.01)
     assert llm.aborted == [("internal-r", True)]
+    for feeder in llm.feeders:
+        feeder.cancel()
 
 
 async def test_a_dead_engine_is_told_apart_from_a_failed_request():

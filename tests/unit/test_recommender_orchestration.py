@@ -114,11 +114,13 @@ async def test_engine_error_after_two_items_keeps_them_and_fills_the_rest():
 
 
 async def test_deadline_cuts_the_model_and_aborts_it():
+    # The margin (50 ms) leaves a busy machine room to finish the fallback
+    # before the caller's deadline, which is what is asserted.
     composer = ScriptedComposer(list(range(N)), delay=0.05)
-    rec = _recommender(composer, deadline_margin_seconds=0.01)
+    rec = _recommender(composer, deadline_margin_seconds=0.05)
     t0 = time.monotonic()
-    out = await _run(rec, _req(k=10), deadline=t0 + 0.13)
-    assert time.monotonic() - t0 < 0.13
+    out = await _run(rec, _req(k=10), deadline=t0 + 0.3)
+    assert time.monotonic() - t0 < 0.3
     assert out.reason is FallbackReason.DEADLINE and out.strategy is Strategy.PARTIAL
     assert 1 <= sum(d.source is Source.MODEL for d in out.decisions) < 10
     await asyncio.sleep(0)
