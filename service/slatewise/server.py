@@ -66,6 +66,23 @@ def limit_torch_threads() -> None:
     torch.set_num_threads(1)
 
 
+def limit_blas_threads() -> None:
+    """One BLAS thread in the server process, for the same reason as torch's.
+
+    The server's BLAS calls are small: a request's DPP kernel over its
+    candidates (``model/plan.py``, the hedge's DPP in ``pointwise/``). After
+    each, OpenBLAS's default team of one thread per core spins for a while on
+    the core vLLM's engine needs. Measured on a 2-core AVX2 machine with the
+    ML-100K model: the server's CPU per slate at concurrency 1 fell from 57.7
+    to 19.7 ms with one thread (docs/BENCHMARKS.md). threadpoolctl rather than
+    ``OPENBLAS_NUM_THREADS``: numpy is imported long before this runs, and the
+    variable would also reach the engine's processes.
+    """
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
+
+
 class SlatewiseServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -95,6 +112,7 @@ class SlatewiseServer:
         s = self.settings
         source = self._catalogue_source()
         limit_torch_threads()
+        limit_blas_threads()
         # Fail fast (and name the line) before binding any port.
         items = await asyncio.to_thread(load_jsonl, source)
         embedder = await asyncio.to_thread(Embedder, s.embedding_model, s.embedding_cache_dir,

@@ -168,3 +168,16 @@ def test_an_unbound_worker_leaves_the_engine_core_alone():
         for child in (worker, core):
             child.kill()
             child.wait()
+
+
+def test_the_server_keeps_one_blas_thread():
+    """Without the limit, OpenBLAS spins a thread per core after each DPP call."""
+    import numpy  # noqa: F401  (loads numpy's OpenBLAS before the limit, as in the server)
+    from threadpoolctl import threadpool_info
+
+    from slatewise.server import limit_blas_threads
+
+    limit_blas_threads()
+    blas = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
+    assert blas, "numpy was built without a BLAS threadpoolctl can see"
+    assert all(pool["num_threads"] == 1 for pool in blas)
