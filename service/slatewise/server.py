@@ -76,7 +76,10 @@ def limit_blas_threads() -> None:
     ML-100K model: the server's CPU per slate at concurrency 1 fell from 57.7
     to 19.7 ms with one thread (docs/BENCHMARKS.md). threadpoolctl rather than
     ``OPENBLAS_NUM_THREADS``: numpy is imported long before this runs, and the
-    variable would also reach the engine's processes.
+    variable would also reach the engine's processes. It reaches only the
+    libraries loaded by then: faiss, imported for catalogues past
+    ``Retriever``'s exact limit, brings its own OpenBLAS later and keeps its
+    default.
     """
     from threadpoolctl import threadpool_limits
 
