@@ -86,6 +86,14 @@ def limit_blas_threads() -> None:
     threadpool_limits(limits=1, user_api="blas")
 
 
+def limit_server_threads() -> None:
+    """The server process's thread limits, in one place so that whatever
+    measures the server against raw vLLM (bench_model_path's raw engine) runs
+    its frontend under the same ones."""
+    limit_torch_threads()
+    limit_blas_threads()
+
+
 class SlatewiseServer:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -114,8 +122,7 @@ class SlatewiseServer:
     async def start(self) -> None:
         s = self.settings
         source = self._catalogue_source()
-        limit_torch_threads()
-        limit_blas_threads()
+        limit_server_threads()
         # Fail fast (and name the line) before binding any port.
         items = await asyncio.to_thread(load_jsonl, source)
         embedder = await asyncio.to_thread(Embedder, s.embedding_model, s.embedding_cache_dir,

@@ -107,10 +107,9 @@ class RawEngine:
         from slatewise.model.composer import SlateComposer
         from slatewise.model.engine import Engine
 
-        from slatewise.server import limit_blas_threads, limit_torch_threads
+        from slatewise.server import limit_server_threads
 
-        limit_torch_threads()  # as the server does: same frontend, same threads
-        limit_blas_threads()
+        limit_server_threads()  # as the server does: same frontend, same threads
         self.settings = settings
         self.embedder = Embedder(settings.embedding_model, settings.embedding_cache_dir,
                                  runtime=settings.embedding_runtime)  # the server's query encoder

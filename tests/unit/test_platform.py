@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import platform
+import subprocess
+import sys
 
 import pytest
 
@@ -170,14 +173,21 @@ def test_an_unbound_worker_leaves_the_engine_core_alone():
             child.wait()
 
 
-def test_the_server_keeps_one_blas_thread():
-    """Without the limit, OpenBLAS spins a thread per core after each DPP call."""
-    import numpy  # noqa: F401  (loads numpy's OpenBLAS before the limit, as in the server)
-    from threadpoolctl import threadpool_info
-
-    from slatewise.server import limit_blas_threads
-
-    limit_blas_threads()
-    blas = [pool for pool in threadpool_info() if pool["user_api"] == "blas"]
+def test_the_server_keeps_one_torch_and_one_blas_thread():
+    """Without the limits, torch's OpenMP team and OpenBLAS's spin a thread per
+    core after each small op, on the core vLLM's engine needs. A child process,
+    so this one keeps its threads; numpy is imported first, as in the server."""
+    script = (
+        "import json, numpy, torch\n"
+        "from threadpoolctl import threadpool_info\n"
+        "from slatewise.server import limit_server_threads\n"
+        "limit_server_threads()\n"
+        "blas = [p['num_threads'] for p in threadpool_info() if p['user_api'] == 'blas']\n"
+        "print(json.dumps([torch.get_num_threads(), blas]))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    torch_threads, blas = json.loads(out.stdout.splitlines()[-1])
+    assert torch_threads == 1
     assert blas, "numpy was built without a BLAS threadpoolctl can see"
-    assert all(pool["num_threads"] == 1 for pool in blas)
+    assert set(blas) == {1}
