@@ -244,3 +244,22 @@ async def test_a_lone_request_is_planned_on_the_loop_and_concurrent_ones_on_a_wo
     await asyncio.gather(_run(rec, _req()), _run(rec, _req()))
     assert len(threads) == 2 and threading.get_ident() in threads and len(set(threads)) == 2
     assert rec.running == 0
+
+
+async def test_the_shadow_comparison_waits_for_record_not_the_answer():
+    """A sampled model slate is compared with the pointwise one after the
+    answer has left (record(), which SlateService runs then), not before the
+    outcome: the caller has nothing to wait for in a metric."""
+    rec = _recommender(ScriptedComposer([3, 1, 4, 0]), shadow_rate=1)
+    comparisons = rec.metrics.shadow_comparisons
+    out = await _run(rec, _req(diversity=0.5))
+    assert out.strategy is Strategy.MODEL and out.shadowed
+    assert comparisons._value.get() == 0
+    rec.record(out)
+    assert comparisons._value.get() == 1
+    overlap = rec.metrics.registry.get_sample_value("slatewise_shadow_overlap_sum")
+    pointwise = rec._pointwise(out.cset, out.cset.request, ())
+    assert overlap == pytest.approx(len({3, 1, 4, 0} & set(pointwise)) / 4)
+
+    unsampled = await _run(_recommender(ScriptedComposer([3, 1, 4, 0]), shadow_rate=0), _req())
+    assert not unsampled.shadowed
