@@ -78,8 +78,9 @@ def limit_blas_threads() -> None:
     ``OPENBLAS_NUM_THREADS``: numpy is imported long before this runs, and the
     variable would also reach the engine's processes. It reaches only the
     libraries loaded by then: faiss, imported for catalogues past
-    ``Retriever``'s exact limit, brings its own OpenBLAS later and keeps its
-    default.
+    ``Retriever``'s exact limit, brings its own OpenBLAS and OpenMP later and
+    keeps their default for its index build; its one-query searches leave
+    them idle (no CPU beyond the search's own, docs/BENCHMARKS.md).
     """
     from threadpoolctl import threadpool_limits
 
