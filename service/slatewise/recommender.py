@@ -27,6 +27,7 @@ from slatewise.model.engine import Engine, EngineRequestError, EngineState, Engi
 from slatewise.pointwise.select import select
 from slatewise.resilience.admission import InflightLimit
 from slatewise.resilience.circuit import CircuitBreaker
+from slatewise.resilience.deadline import Deadline
 from slatewise.slate_metrics import SlateDiversity
 
 log = logging.getLogger(__name__)
@@ -220,11 +221,11 @@ class Recommender:
                 # set-up, it held the GIL that set-up needs.
                 asyncio.get_running_loop().call_soon(start_hedge)
                 started = time.monotonic()
+                deadline = Deadline(budget_end)
                 try:
                     while True:
                         try:
-                            async with asyncio.timeout_at(budget_end):
-                                index = await anext(picks)
+                            index = await deadline.next(picks)
                         except StopAsyncIteration:
                             reason, tokens = self._model_finished(request, len(decisions))
                             break
@@ -239,6 +240,7 @@ class Recommender:
                         tally.add(index)
                         yield decision
                 finally:
+                    deadline.close()
                     self.model_slots.release()
                     await picks.aclose()  # a caller who cancels must not leave a request in the engine
                 shadowed = len(decisions) == request.k and random.random() < self.settings.shadow_rate
