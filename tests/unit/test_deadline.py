@@ -87,15 +87,18 @@ def test_a_cancel_from_outside_stays_a_cancel():
 def test_a_cancel_from_outside_at_the_deadline_is_not_swallowed():
     async def main():
         loop = asyncio.get_running_loop()
-        box = {}
 
         async def waiter():
-            box["deadline"] = Deadline(loop.time() + 0.02)
-            await box["deadline"].next(_ticks([10.0]))
+            deadline = Deadline(loop.time() + 0.02)
+            try:
+                await deadline.next(_ticks([10.0]))
+            finally:
+                deadline.close()
 
         task = asyncio.create_task(waiter())
         await asyncio.sleep(0.01)
-        # Both in one turn of the loop: the deadline's cancel and the caller's.
+        # The caller's cancel due about when the deadline is: whichever of
+        # the two the loop runs first, the caller's is not made a timeout.
         loop.call_at(loop.time() + 0.01, task.cancel)
         with pytest.raises(asyncio.CancelledError):
             await task
