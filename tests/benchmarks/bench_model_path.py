@@ -36,6 +36,9 @@ interval over the rounds. On a 2-core machine one slate's nine decode steps
 alone took 20-52 ms, so the median of 75 requests per shape (--rounds 150)
 moves by several per cent between runs; --rounds 600 narrows the interval
 to about +-3 % (docs/BENCHMARKS.md, 2026-12-02, third session).
+
+--dump FILE writes each round's service and raw model times as JSON lines,
+in order, to look for drift across a long run.
 """
 
 from __future__ import annotations
@@ -192,7 +195,7 @@ def fresh_request(i: int, request, pool, trained, tag: str, offset: int):
 
 
 async def main(rounds: int, server_args: list[str], model: str = "", catalogue: str = "",
-               history: int = 10, warm: bool = False) -> None:
+               history: int = 10, warm: bool = False, dump: str = "") -> None:
     from slatewise.config import load_settings
     from slatewise_client import AsyncSlateClient
 
@@ -346,6 +349,13 @@ async def main(rounds: int, server_args: list[str], model: str = "", catalogue: 
                       f"{median(s) / median(m):.3f} / {median([a / b for a, b in zip(s, m)]):.3f}"],
                      [f"{shape}-only: service / raw model (p50), 95% bootstrap interval", ratio_ci(s, m)]]
     print(table(["measure", "value"], rows), flush=True)
+    if dump:  # per round, in order: drift over a long run shows here, not in the medians
+        import json
+
+        with open(dump, "w") as f:
+            for i, (a, b) in enumerate(zip(svc, results["raw_enc"])):
+                f.write(json.dumps({"round": i, "shape": SHAPES[i % len(SHAPES)] if model else "",
+                                    "service_s": a, "raw_model_s": b}) + "\n")
 
 
 def _ms_diff(a, b) -> float:
@@ -368,6 +378,8 @@ if __name__ == "__main__":
     parser.add_argument("--history", type=int, default=10, help="with --model: history items per history-only request")
     parser.add_argument("--warm", action="store_true",
                         help="time each service / raw request right after an untimed one on the same system")
+    parser.add_argument("--dump", default="", metavar="FILE",
+                        help="write each round's service and raw times as JSON lines")
     args = parser.parse_args()
     asyncio.run(main(args.rounds, shlex.split(args.server_args), args.model, args.catalogue, args.history,
-                     args.warm))
+                     args.warm, args.dump))
