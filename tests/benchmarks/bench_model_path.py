@@ -379,7 +379,7 @@ if __name__ == "__main__":
     parser.add_argument("--warm", action="store_true",
                         help="time each service / raw request right after an untimed one on the same system")
     parser.add_argument("--dump", default="", metavar="FILE",
-                        help="write each round's service and raw times as JSON lines")
+                        help="write each round's service and raw model times as JSON lines, in order")
     args = parser.parse_args()
     asyncio.run(main(args.rounds, shlex.split(args.server_args), args.model, args.catalogue, args.history,
                      args.warm, args.dump))
